@@ -1,0 +1,177 @@
+"""Command line: ``python -m explainers {explain,models,methods,bench} ...``.
+
+Errors a user can cause print one line to stderr and exit with status 2;
+nothing a user types produces a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ExplainerError
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ExplainerError(f"--option expects NAME=VALUE, got {text!r}.")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import render
+    from .images import load_image
+    from .models import load_model
+    from .progress import progress_callback
+    from .registry import explain
+
+    image = load_image(args.image, name=str(args.image))
+    bundle = load_model(args.model, device=args.device, weights=args.weights)
+    x = bundle.preprocess(image)
+    top5 = bundle.topk(x, 5)
+    target: int | str | None = args.target if args.target is not None else args.target_name
+    options = dict(_parse_option(o) for o in args.option or [])
+    bar = _tqdm_progress(args.method)
+    with progress_callback(bar.update if bar else None):
+        res = explain(bundle, x, args.method, target=target, **options)
+    if bar:
+        bar.close()
+    if args.out:
+        rgb = render.overlay(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).byte().numpy(),
+                             res.attribution, opacity=args.opacity, signed=res.signed)
+        Path(args.out).write_bytes(render.png_bytes(rgb))
+    summary = {
+        "model": bundle.label, "trained": bundle.trained, "weights": bundle.weights_source,
+        "method": res.method, "options": res.options,
+        "top5": [{"index": i, "class": n, "probability": round(p, 6)} for i, n, p in top5],
+        "target": res.target, "target_name": res.target_name, "score": res.score,
+        "seconds": round(res.seconds, 4), "native_resolution": res.native_resolution,
+        "out": args.out,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        if not bundle.trained:
+            print(f"WARNING: {bundle.name} is UNTRAINED (random weights); its predictions mean nothing.")
+        print(f"model {bundle.label} ({bundle.weights_source}) on {bundle.device}")
+        print("top-5 predictions:")
+        for i, n, p in top5:
+            print(f"  {p:7.2%}  {i:4d}  {n}")
+        print(f"explained class: {res.target} {res.target_name} (p={res.score:.4f}) "
+              f"with {res.method} in {res.seconds:.2f} s")
+        if args.out:
+            print(f"heatmap written to {args.out}")
+    return 0
+
+
+class _TqdmProgress:
+    def __init__(self, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=desc, leave=False, file=sys.stderr)
+
+    def update(self, fraction: float, text: str) -> None:
+        self.bar.n = int(round(fraction * 100))
+        if text:
+            self.bar.set_postfix_str(text)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tqdm_progress(desc: str) -> _TqdmProgress | None:
+    return _TqdmProgress(desc) if sys.stderr.isatty() else None
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    print(f"{'model':24s} {'family':13s} {'weights':10s} where")
+    for r in rows:
+        state = "available" if r.available else "missing"
+        print(f"{r.name:24s} {r.family:13s} {state:10s} {r.where}")
+    print("\nMissing weights: place the file at the path shown, pass --weights FILE, "
+          "or use --weights untrained (architecture only, labelled untrained).")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .registry import METHODS
+
+    for m in METHODS.values():
+        opts = ", ".join(f"{o.name}={o.default!r}" for o in m.options)
+        print(f"{m.id:24s} {m.family:9s} {m.name}  [{', '.join(sorted(m.model_families))}]  {opts}")
+    return 0
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from . import bench
+    from .models import load_model
+
+    bundle = load_model(args.model, device=args.device, weights=args.weights)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for batch in args.batch:
+        rows = bench.speed(bundle, methods, repeat=args.repeat, batch=batch)
+        print(bench.markdown(rows, bundle.label, str(bundle.device)))
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explainers", description="Relevance Explorer command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="explain one image and write a heatmap")
+    p.add_argument("image", help="image file (PNG, JPEG, ...)")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--weights", default="default", help="'default', 'untrained' or a state-dict file")
+    p.add_argument("--method", default="gradcam")
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target", type=int, help="class index to explain (default: the prediction)")
+    tgt.add_argument("--target-name", help="class name or part of it, e.g. 'tabby'")
+    p.add_argument("--option", action="append", metavar="NAME=VALUE", help="method option, repeatable")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--out", help="write the heatmap overlay as PNG")
+    p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("models", help="list models and whether their weights are available")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("methods", help="list registered methods and their options")
+    p.set_defaults(func=cmd_methods)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("speed", help="seconds per image and ratio to a forward pass")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--methods", default="gradcam")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_bench_speed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ExplainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Image input: decode uploads and files safely into RGB, and the built-in sample gallery.
+
+Every failure a user can cause becomes :class:`InvalidImage` with a message
+that says what was wrong, so the app can show it and carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImage
+
+MAX_PIXELS = 50_000_000  # refuse anything larger before decoding it
+MIN_SIDE = 16  # a 1x1 image upscaled to 224x224 is a flat colour: nothing to explain
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# We check the size ourselves from the header; keep PIL's own bomb check above ours.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 2
+
+
+def image_hash(data: bytes) -> str:
+    """Stable key for caches and the label store."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _as_bytes(source: bytes | str | Path | io.IOBase) -> bytes:
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImage(f"No image file at {str(path)!r}.")
+        return path.read_bytes()
+    return source.read()
+
+
+def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -> Image.Image:
+    """Decode bytes, a path or a file object into an RGB PIL image.
+
+    EXIF orientation is applied; grayscale, palette, 16-bit, CMYK and alpha
+    images become RGB (alpha is composited on white); animated files give their
+    first frame.  Non-images, truncated files, images under 16 px on a side and
+    images over 50 megapixels raise :class:`InvalidImage` — the size check reads
+    only the header, so a 20000x20000 upload is refused before it is decoded.
+    """
+    data = _as_bytes(source)
+    if not data:
+        raise InvalidImage(f"{name} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"{name} is not an image we can read (PNG, JPEG, WebP, BMP, TIFF, GIF ...).") from exc
+    except Exception as exc:  # noqa: BLE001 - corrupt headers raise many types
+        raise InvalidImage(f"{name} could not be opened as an image ({type(exc).__name__}).") from exc
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise InvalidImage(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
+            f"the limit is {MAX_PIXELS / 1e6:.0f} MP. Please downscale it first."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InvalidImage(
+            f"{name} is only {width}x{height} pixels; it needs at least {MIN_SIDE} px on each side "
+            "to be explained meaningfully."
+        )
+    try:
+        img.seek(0)  # animated GIF/WebP/APNG: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except InvalidImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, odd modes
+        raise InvalidImage(f"{name} is damaged or truncated and could not be decoded ({type(exc).__name__}).") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB.  16/32-bit integer and float images are rescaled to their range."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            raise InvalidImage("the image holds no finite pixel values.")
+        lo, hi = float(finite.min()), float(finite.max())
+        scaled = np.zeros_like(arr) if hi == lo else (np.nan_to_num(arr, nan=lo) - lo) / (hi - lo)
+        return Image.fromarray((scaled.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """A sample image from an installed package (nothing third-party is copied into the repo)."""
+
+    key: str
+    label: str
+    source: str
+    _loader: Callable[[], np.ndarray]
+
+    def image(self) -> Image.Image:
+        return _gallery_image(self.key)
+
+    def png_bytes(self) -> bytes:
+        return _gallery_png(self.key)
+
+
+def _skimage(name: str, pick: Callable[[object], np.ndarray] | None = None) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        arr = getattr(skimage.data, name)()
+        return pick(arr) if pick else arr
+
+    return load
+
+
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(name)
+
+    return load
+
+
+GALLERY: dict[str, GalleryItem] = {
+    g.key: g
+    for g in [
+        GalleryItem("chelsea", "Chelsea the cat", "scikit-image", _skimage("chelsea")),
+        GalleryItem("coffee", "A cup of coffee", "scikit-image", _skimage("coffee")),
+        GalleryItem("rocket", "Rocket on the launch pad", "scikit-image", _skimage("rocket")),
+        GalleryItem("astronaut", "Astronaut portrait", "scikit-image", _skimage("astronaut")),
+        GalleryItem("motorcycle", "Motorcycle (stereo left image)", "scikit-image",
+                    _skimage("stereo_motorcycle", lambda t: t[0])),
+        GalleryItem("horse", "Horse silhouette", "scikit-image", _skimage("horse")),
+        GalleryItem("camera", "Cameraman (grayscale)", "scikit-image", _skimage("camera")),
+        GalleryItem("china", "Chinese temple", "scikit-learn", _sklearn("china.jpg")),
+        GalleryItem("flower", "Flower", "scikit-learn", _sklearn("flower.jpg")),
+    ]
+}
+
+
+@lru_cache(maxsize=16)
+def _gallery_image(key: str) -> Image.Image:
+    arr = GALLERY[key]._loader()
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+@lru_cache(maxsize=16)
+def _gallery_png(key: str) -> bytes:
+    return encode_png(_gallery_image(key))
+
+
+def gallery() -> list[GalleryItem]:
+    """The sample images, in display order."""
+    return list(GALLERY.values())

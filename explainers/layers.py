@@ -1,0 +1,52 @@
+"""Finding layers by name and the default layer per model family (for CAMs and later SRD)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import InvalidOption
+from .models import ModelBundle
+
+
+def named_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (as in ``model.named_modules()``); a clear error otherwise."""
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        examples = [n for n, m in modules.items() if n and len(list(m.children())) == 0][-5:]
+        raise InvalidOption(f"This model has no layer {name!r}; layer names look like: {', '.join(examples)}.")
+    return modules[name]
+
+
+def default_cam_layer(bundle: ModelBundle) -> str:
+    """The usual Grad-CAM layer: the last convolutional stage's output.
+
+    resnet: ``layer4`` (7x7); vgg: the last ReLU of ``features`` (14x14, before the
+    final max-pool); efficientnet: ``bn2`` (timm's BatchNormAct2d, i.e. the ReLU6
+    output of the 1x1 head conv, 7x7); vit: the last block's ``norm1`` (tokens
+    reshaped to the 14x14 patch grid).
+    """
+    model = bundle.model
+    if bundle.family == "resnet":
+        return "layer4"
+    if bundle.family == "vgg":
+        last = [n for n, m in model.features.named_children() if isinstance(m, nn.ReLU)][-1]
+        return f"features.{last}"
+    if bundle.family == "efficientnet":
+        return "bn2"
+    if bundle.family == "vit":
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    raise InvalidOption(f"No default layer for model family {bundle.family!r}; name one.")
+
+
+def vit_reshape_transform(bundle: ModelBundle):
+    """tokens [B, prefix + h*w, C] -> feature map [B, C, h, w] (drops class/register tokens)."""
+    model = bundle.model
+    prefix = getattr(model, "num_prefix_tokens", 1)
+    grid = model.patch_embed.grid_size
+
+    def transform(tokens: torch.Tensor) -> torch.Tensor:
+        body = tokens[:, prefix:, :]
+        return body.reshape(body.shape[0], grid[0], grid[1], body.shape[2]).permute(0, 3, 1, 2)
+
+    return transform

@@ -1,0 +1,9 @@
+"""Method modules.  Importing this package imports every module in it, and each
+module registers its methods with :func:`explainers.registry.register`; so a new
+method is a new file here and nothing else."""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

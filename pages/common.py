@@ -1,0 +1,211 @@
+"""What every page shares: the sidebar (device, model, image, target), cached model
+loading, cached explanations, option widgets built from a method's spec, and
+friendly error display.  Pages stay thin: they read widgets, call these helpers
+and ``explainers``, and render.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+import torch
+from PIL import Image
+
+import explainers
+from explainers import ExplainerError, Explanation, MethodSpec, Option
+from explainers.classes import find_classes, resolve_target, short_name
+from explainers.images import GALLERY, image_hash, load_image
+from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
+
+UNTRAINED = "untrained (architecture only)"
+
+
+@dataclass
+class Context:
+    """The current selection, as every page sees it."""
+
+    bundle: explainers.ModelBundle
+    model_key: str  # name|weights|device: part of every cache key
+    image: Image.Image  # the decoded RGB image (original size)
+    image_name: str
+    image_hash: str
+    x: torch.Tensor  # 1x3xHxW normalised, on the bundle's device
+    display: Image.Image  # the resized + cropped image the model sees
+    top5: list[tuple[int, str, float]]
+    target: int  # class to explain
+
+
+# --------------------------------------------------------------------------- caches
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading model ...")
+def get_bundle(name: str, weights: str, device: str) -> explainers.ModelBundle:
+    """One model per (name, weights, device), shared by every session (see guard.model_guard)."""
+    return explainers.load_model(name, device=device, weights=weights)
+
+
+@st.cache_data(max_entries=4, ttl=60)
+def model_table() -> list[dict[str, Any]]:
+    return [r.__dict__ for r in explainers.list_models()]
+
+
+@st.cache_data(max_entries=32)
+def decode(data: bytes, name: str) -> Image.Image:
+    return load_image(data, name=name)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def cached_explanation(image_key: str, model_key: str, method: str, target: int, options_json: str,
+                       _bundle: explainers.ModelBundle, _x: torch.Tensor) -> Explanation:
+    """Relevance is computed once per image hash + model + method + target + options.
+
+    Display-only controls (opacity, colormap, quantisation bins) are not part of
+    the key, so moving them re-renders from this cached raw map.
+    """
+    return explainers.explain(_bundle, _x, method, target=target, **json.loads(options_json))
+
+
+def explanation(ctx: Context, method: str, options: dict[str, Any], target: int | None = None) -> Explanation:
+    """The cached explanation; display-only options (e.g. ``bins``) are left out of the key."""
+    compute, _ = explainers.get_method(method).split_options(options)
+    return cached_explanation(ctx.image_hash, ctx.model_key, method, ctx.target if target is None else target,
+                              json.dumps(compute, sort_keys=True), _bundle=ctx.bundle, _x=ctx.x)
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+def option_widget(opt: Option, key: str) -> Any:
+    """One widget for one option, derived from its spec (so new methods need no page code)."""
+    label = opt.name.replace("_", " ")
+    if opt.kind == "bool":
+        return st.checkbox(label, value=bool(opt.default), help=opt.help, key=key)
+    if opt.kind == "choice":
+        return st.selectbox(label, opt.choices, index=list(opt.choices).index(opt.default), help=opt.help, key=key)
+    if opt.kind == "int":
+        return int(st.number_input(label, min_value=int(opt.min) if opt.min is not None else None,
+                                   max_value=int(opt.max) if opt.max is not None else None,
+                                   value=int(opt.default), step=int(opt.step or 1), help=opt.help, key=key))
+    if opt.kind == "float":
+        return float(st.number_input(label, min_value=opt.min, max_value=opt.max, value=float(opt.default),
+                                     step=opt.step, format="%g", help=opt.help, key=key))
+    return st.text_input(label, value=str(opt.default), help=opt.help, key=key)
+
+
+def option_widgets(spec: MethodSpec, key_prefix: str) -> dict[str, Any]:
+    return {o.name: option_widget(o, f"{key_prefix}:{spec.id}:{o.name}") for o in spec.options}
+
+
+def show_error(exc: Exception) -> None:
+    """A user-caused error as a friendly message; anything else as a short error with details folded."""
+    if isinstance(exc, ExplainerError):
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.error(f"Something went wrong: {type(exc).__name__}: {exc}", icon=":material/bug_report:")
+
+
+# --------------------------------------------------------------------------- sidebar
+
+
+def _model_label(row: dict[str, Any]) -> str:
+    return row["name"] + ("" if row["available"] else "  (weights missing)")
+
+
+def sidebar() -> Context | None:
+    """Render the shared sidebar and store the resulting :class:`Context` for the page."""
+    st.session_state["ctx"] = None
+    with st.sidebar:
+        st.header("Relevance Explorer")
+        devices = available_devices()
+        device = st.selectbox("Device", devices, key="device", help="cuda when a GPU is present, else cpu")
+
+        rows = {r["name"]: r for r in model_table()}
+        names = list(MODEL_SPECS)
+        name = st.selectbox("Model", names, index=names.index(DEFAULT_MODEL), key="model",
+                            format_func=lambda n: _model_label(rows[n]))
+        row = rows[name]
+        weights = "default"
+        if not row["available"] and MODEL_SPECS[name].source != "embedded":
+            st.warning(f"No trained weights for {name} on this machine (expected at `{row['where']}`; "
+                       "a download is tried when online).", icon=":material/warning:")
+            choice = st.radio("Weights", ["try trained weights", UNTRAINED], key="weights_choice", index=1)
+            weights = "untrained" if choice == UNTRAINED else "default"
+        try:
+            bundle = get_bundle(name, weights, device)
+        except ExplainerError as exc:
+            show_error(exc)
+            return None
+        if not bundle.trained:
+            st.error("UNTRAINED model: random weights, architecture only. Its predictions and maps "
+                     "say nothing about a trained network.", icon=":material/science:")
+        else:
+            st.caption(f"Weights: {bundle.weights_source}")
+
+        source = st.radio("Image", ["Gallery", "Upload"], horizontal=True, key="image_source")
+        if source == "Upload":
+            upload = st.file_uploader("Upload an image", type=None, key="upload",
+                                      help="PNG, JPEG, WebP, BMP, TIFF or GIF; up to 50 megapixels")
+            if upload is None:
+                st.info("Upload an image, or pick one from the gallery.")
+                return None
+            data, image_name = upload.getvalue(), upload.name
+        else:
+            keys = list(GALLERY)
+            key = st.selectbox("Sample image", keys, key="gallery", format_func=lambda k: GALLERY[k].label)
+            data, image_name = GALLERY[key].png_bytes(), f"{key}.png"
+        try:
+            image = decode(data, image_name)
+        except ExplainerError as exc:
+            show_error(exc)
+            return None
+
+        x = bundle.preprocess(image)
+        top5 = bundle.topk(x, 5)
+        target = _target_picker(bundle, top5)
+        if target is None:
+            return None
+        display = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
+        ctx = Context(bundle=bundle, model_key=f"{name}|{weights}|{device}", image=image, image_name=image_name,
+                      image_hash=image_hash(data), x=x, display=display, top5=top5, target=target)
+    st.session_state["ctx"] = ctx
+    return ctx
+
+
+def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, float]]) -> int | None:
+    mode = st.radio("Target class", ["Top-5", "Search"], horizontal=True, key="target_mode")
+    if mode == "Top-5":
+        options = [i for i, _, _ in top5]
+        probs = {i: p for i, _, p in top5}
+        return st.radio("Explain", options, key="target_top5",
+                        format_func=lambda i: f"{short_name(bundle.class_names[i])} ({probs[i]:.1%})")
+    query = st.text_input("Class name or index", key="target_query", placeholder="e.g. espresso or 967")
+    if not query.strip():
+        st.info("Type a class name or index.")
+        return None
+    try:
+        hits = [resolve_target(query, bundle.class_names)] if query.strip().isdigit() \
+            else find_classes(query, bundle.class_names)
+    except ExplainerError as exc:
+        show_error(exc)
+        return None
+    if not hits:
+        st.error(f"No class matches {query!r}. Try a shorter part of the name.", icon=":material/error:")
+        return None
+    return st.selectbox("Matches", hits[:50], key="target_match",
+                        format_func=lambda i: f"{i}: {bundle.class_names[i]}")
+
+
+def current() -> Context | None:
+    return st.session_state.get("ctx")
+
+
+def require_context() -> Context:
+    """The page's context, or stop the page with a hint when the sidebar is incomplete."""
+    ctx = current()
+    if ctx is None:
+        st.info("Choose a model, an image and a target class in the sidebar.")
+        st.stop()
+    return ctx

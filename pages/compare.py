@@ -1,0 +1,78 @@
+"""Compare: the input and one heatmap per chosen method, side by side."""
+
+import streamlit as st
+
+from explainers import METHODS, methods_for, render
+from explainers.classes import short_name
+from pages import common
+
+ctx = common.require_context()
+bundle = ctx.bundle
+
+st.title("Compare attribution methods")
+if not bundle.trained:
+    st.warning(f"{bundle.label}: random weights. These maps explain an untrained network.", icon=":material/science:")
+
+available = methods_for(bundle.family)
+ids = [m.id for m in available]
+chosen = st.multiselect("Methods", ids, default=[m for m in ("gradcam",) if m in ids], key="compare_methods",
+                        format_func=lambda m: METHODS[m].name)
+
+options: dict[str, dict] = {}
+if chosen:
+    with st.expander("Method options", expanded=False):
+        cols = st.columns(min(len(chosen), 3))
+        for i, method in enumerate(chosen):
+            with cols[i % len(cols)]:
+                st.markdown(f"**{METHODS[method].name}**")
+                options[method] = common.option_widgets(METHODS[method], "compare")
+
+c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
+opacity = c1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity")
+seq_cmap = c2.selectbox("Colormap", render.SEQUENTIAL, key="compare_cmap")
+div_cmap = c3.selectbox("Colormap (signed maps)", render.DIVERGING, key="compare_cmap_signed")
+per_row = c4.slider("Maps per row", 2, 5, 4, key="compare_per_row")
+
+preds = " · ".join(f"**{short_name(n)}** {p:.1%}" for _, n, p in ctx.top5)
+st.markdown(f"Top-5: {preds}  \nExplaining **{ctx.target}: {bundle.class_names[ctx.target]}**")
+
+if not chosen:
+    st.info("Pick one or more methods above.")
+    st.stop()
+
+results, errors = {}, {}
+progress = st.progress(0.0, text="Computing maps ...")
+for i, method in enumerate(chosen):
+    progress.progress(i / len(chosen), text=f"{METHODS[method].name} ({i + 1}/{len(chosen)}) ...")
+    try:
+        results[method] = common.explanation(ctx, method, options.get(method, {}))
+    except Exception as exc:  # noqa: BLE001 - shown per method; the other maps still render
+        errors[method] = exc
+progress.empty()
+
+tiles = ["__input__", *chosen]
+for start in range(0, len(tiles), per_row):
+    cols = st.columns(per_row)
+    for col, tile in zip(cols, tiles[start:start + per_row]):
+        with col:
+            if tile == "__input__":
+                st.image(ctx.display, caption=f"Input ({ctx.image_name})", width="stretch")
+                continue
+            spec = METHODS[tile]
+            if tile in errors:
+                st.markdown(f"**{spec.name}**")
+                common.show_error(errors[tile])
+                continue
+            res = results[tile]
+            try:
+                shown = spec.display_map(res.attribution, options.get(tile, {}))
+                rgb = render.overlay(ctx.display, shown, opacity=opacity, signed=res.signed,
+                                     cmap=div_cmap if res.signed else seq_cmap)
+            except Exception as exc:  # noqa: BLE001
+                common.show_error(exc)
+                continue
+            native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
+            st.image(rgb, caption=spec.name, width="stretch")
+            st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f}")
+            st.download_button("Download PNG", render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
+                               mime="image/png", key=f"dl_{tile}")
