@@ -1,6 +1,9 @@
 """Relevance Explorer: Streamlit entry point.
 
-Navigation plus the sidebar every page shares (device, model, image, target).
+Navigation only.  The sidebar every page shares (device, model, image, target)
+is drawn by ``pages.common.require_context()``, which each page calls first:
+elements drawn by the entry script outside ``navigation.run()`` are not re-sent
+on reruns under Streamlit's AppTest (1.67), so the tests could not drive them.
 Run with ``streamlit run app.py``.
 """
 
@@ -11,14 +14,10 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import pages.common`
 
-from pages import common  # noqa: E402
-
 st.set_page_config(page_title="Relevance Explorer", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
 ]
 
-navigation = st.navigation(PAGES)
-common.sidebar()
-navigation.run()
+st.navigation(PAGES).run()

@@ -63,7 +63,7 @@ def speed(bundle: ModelBundle, methods: list[str], repeat: int = 5, batch: int =
     rows = []
     for method in methods:
         opts = (options or {}).get(method, {})
-        sec = median_seconds(lambda m=method: explain_batch(bundle, x, m, **opts), repeat) / batch
+        sec = median_seconds(lambda m=method, o=opts: explain_batch(bundle, x, m, **o), repeat) / batch
         rows.append(SpeedRow(method, batch, sec, fwd))
     return rows
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +60,13 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL refuses from the header alone, before decoding; say how big it claimed to be.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found.group(1)) / 1e6:.0f} MP)" if found else ""
+        raise InvalidImage(f"{name} is too large{size}; the limit is {MAX_PIXELS / 1e6:.0f} MP. "
+                           "Please downscale it first.") from exc
+    except UnidentifiedImageError as exc:
         raise InvalidImage(f"{name} is not an image we can read (PNG, JPEG, WebP, BMP, TIFF, GIF ...).") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt headers raise many types
         raise InvalidImage(f"{name} could not be opened as an image ({type(exc).__name__}).") from exc
@@ -131,40 +139,33 @@ class GalleryItem:
         return _gallery_png(self.key)
 
 
-def _skimage(name: str, pick: Callable[[object], np.ndarray] | None = None) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        import skimage.data
+GALLERY_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "gallery.json"
 
-        arr = getattr(skimage.data, name)()
-        return pick(arr) if pick else arr
+
+def _loader(entry: dict) -> Callable[[], np.ndarray]:
+    """A loader for one manifest entry: scikit-image's ``data.<name>()`` or scikit-learn's sample image."""
+    def load() -> np.ndarray:
+        if entry["package"] == "scikit-image":
+            import skimage.data
+
+            arr = getattr(skimage.data, entry["name"])()
+        elif entry["package"] == "scikit-learn":
+            from sklearn.datasets import load_sample_image
+
+            arr = load_sample_image(entry["name"])
+        else:
+            raise ValueError(f"gallery manifest: unknown package {entry['package']!r}")
+        return arr[entry["item"]] if "item" in entry else arr
 
     return load
 
 
-def _sklearn(name: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        from sklearn.datasets import load_sample_image
-
-        return load_sample_image(name)
-
-    return load
+def _read_manifest(path: Path = GALLERY_MANIFEST) -> dict[str, GalleryItem]:
+    entries = json.loads(path.read_text())["images"]
+    return {e["key"]: GalleryItem(e["key"], e["label"], e["package"], _loader(e)) for e in entries}
 
 
-GALLERY: dict[str, GalleryItem] = {
-    g.key: g
-    for g in [
-        GalleryItem("chelsea", "Chelsea the cat", "scikit-image", _skimage("chelsea")),
-        GalleryItem("coffee", "A cup of coffee", "scikit-image", _skimage("coffee")),
-        GalleryItem("rocket", "Rocket on the launch pad", "scikit-image", _skimage("rocket")),
-        GalleryItem("astronaut", "Astronaut portrait", "scikit-image", _skimage("astronaut")),
-        GalleryItem("motorcycle", "Motorcycle (stereo left image)", "scikit-image",
-                    _skimage("stereo_motorcycle", lambda t: t[0])),
-        GalleryItem("horse", "Horse silhouette", "scikit-image", _skimage("horse")),
-        GalleryItem("camera", "Cameraman (grayscale)", "scikit-image", _skimage("camera")),
-        GalleryItem("china", "Chinese temple", "scikit-learn", _sklearn("china.jpg")),
-        GalleryItem("flower", "Flower", "scikit-learn", _sklearn("flower.jpg")),
-    ]
-}
+GALLERY: dict[str, GalleryItem] = _read_manifest()
 
 
 @lru_cache(maxsize=16)

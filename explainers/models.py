@@ -299,7 +299,8 @@ def _lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape:
-            raise InvalidCheckpoint(f"embedded weight {sk} {tuple(sv.shape)} does not match timm {dk} {tuple(dv.shape)}")
+            raise InvalidCheckpoint(
+                f"embedded weight {sk} {tuple(sv.shape)} does not match timm {dk} {tuple(dv.shape)}")
         out[dk] = sv
     return out
 

@@ -56,7 +56,8 @@ class Option:
         except (TypeError, ValueError):
             raise InvalidOption(f"Option {self.name!r} expects a {self.kind}, got {value!r}.") from None
         if self.kind == "choice" and value not in self.choices:
-            raise InvalidOption(f"Option {self.name!r} must be one of {', '.join(map(str, self.choices))}; got {value!r}.")
+            allowed = ", ".join(map(str, self.choices))
+            raise InvalidOption(f"Option {self.name!r} must be one of {allowed}; got {value!r}.")
         if self.kind in ("int", "float"):
             if value != value:  # NaN
                 raise InvalidOption(f"Option {self.name!r} must be a number, got NaN.")

@@ -199,12 +199,13 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
 
 
 def current() -> Context | None:
+    """The context of this run, once :func:`require_context` has drawn the sidebar."""
     return st.session_state.get("ctx")
 
 
 def require_context() -> Context:
-    """The page's context, or stop the page with a hint when the sidebar is incomplete."""
-    ctx = current()
+    """Draw the shared sidebar and return its context; stop the page with a hint when incomplete."""
+    ctx = sidebar()
     if ctx is None:
         st.info("Choose a model, an image and a target class in the sidebar.")
         st.stop()

@@ -1,0 +1,81 @@
+"""The command line: explain writes a heatmap and names the class; user errors exit 2 without a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from explainers.cli import main
+from explainers.images import GALLERY
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT_CLASSES = {281, 282, 285}
+
+
+def test_explain_end_to_end_in_a_subprocess(tmp_path):
+    image = tmp_path / "chelsea.png"
+    image.write_bytes(GALLERY["chelsea"].png_bytes())
+    out = tmp_path / "x.png"
+    env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "explainers", "explain", str(image), "--model", "efficientnet_lite0",
+         "--method", "gradcam", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "top-5 predictions" in proc.stdout and "cat" in proc.stdout.split("top-5 predictions:")[1].splitlines()[1]
+    heat = np.asarray(Image.open(out))
+    assert heat.shape == (224, 224, 3) and heat.std() > 5
+
+
+def test_explain_json_with_target_name(tmp_path, capsys):
+    image = tmp_path / "coffee.png"
+    image.write_bytes(GALLERY["coffee"].png_bytes())
+    assert main(["explain", str(image), "--method", "gradcam", "--target-name", "tabby", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["top5"][0]["index"] == 967
+    assert summary["target"] == 281 and summary["trained"] is True
+    assert summary["native_resolution"] == [7, 7]
+
+
+def test_untrained_model_is_flagged(tmp_path, capsys):
+    image = tmp_path / "chelsea.png"
+    image.write_bytes(GALLERY["chelsea"].png_bytes())
+    assert main(["explain", str(image), "--model", "resnet18", "--weights", "untrained"]) == 0
+    out = capsys.readouterr().out
+    assert "UNTRAINED" in out and "resnet18 (untrained)" in out
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not an image")
+    assert main(["explain", str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not an image" in err and "Traceback" not in err
+
+    real = tmp_path / "cat.png"
+    real.write_bytes(GALLERY["chelsea"].png_bytes())
+    assert main(["explain", str(real), "--target", "1000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["explain", str(real), "--option", "nonsense=1"]) == 2
+    assert "has no option" in capsys.readouterr().err
+
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    assert main(["explain", str(real), "--model", "resnet50"]) == 2
+    assert "Trained weights for resnet50" in capsys.readouterr().err
+
+
+def test_models_listing(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("efficientnet_lite0"))
+    assert "available" in line
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"resnet50", "vgg16_bn", "vit_base_patch16_224"}

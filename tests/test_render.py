@@ -1,0 +1,64 @@
+"""Rendering: zero is the centre of diverging maps, opacity blends, PNG round-trips."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from explainers import NonFiniteAttribution, render
+
+
+def test_signed_scale_is_symmetric_around_zero():
+    a = torch.tensor([[-2.0, 0.0], [1.0, 2.0]])
+    s = render.scale(a, signed=True)
+    assert s[0, 1] == pytest.approx(0.5) and s[0, 0] == pytest.approx(0.0) and s[1, 1] == pytest.approx(1.0)
+    assert s[1, 0] == pytest.approx(0.75)
+
+
+def test_positive_scale_clips_negatives():
+    s = render.scale(torch.tensor([[-5.0, 0.0], [2.0, 4.0]]), signed=False)
+    assert s.tolist() == [[0.0, 0.0], [0.5, 1.0]]
+    assert render.scale(torch.zeros(3, 3), signed=False).max() == 0
+
+
+def test_colorize_uses_the_chosen_colormap():
+    a = np.array([[-1.0, 0.0, 1.0]], dtype=np.float32)
+    rgb = render.colorize(a, signed=True, cmap="RdBu_r")
+    centre = (np.array(colormaps["RdBu_r"](0.5)[:3]) * 255).round()
+    assert np.abs(rgb[0, 1].astype(int) - centre).max() <= 1
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 3, 3)
+    assert not np.array_equal(render.colorize(a, cmap="jet"), render.colorize(a, cmap="gray"))
+
+
+def test_overlay_opacity_extremes():
+    img = Image.fromarray(np.full((8, 8, 3), 100, np.uint8))
+    a = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    assert np.array_equal(render.overlay(img, a, opacity=0.0), np.asarray(img))
+    assert np.array_equal(render.overlay(img, a, opacity=1.0), render.colorize(a))
+
+
+def test_overlay_resizes_image_to_map():
+    img = Image.new("RGB", (300, 200), (10, 20, 30))
+    assert render.overlay(img, np.zeros((32, 32), np.float32)).shape == (32, 32, 3)
+
+
+def test_png_round_trip():
+    rgb = render.colorize(np.arange(16, dtype=np.float32).reshape(4, 4))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(render.png_bytes(rgb)))), rgb)
+
+
+def test_non_finite_maps_are_reported_not_drawn():
+    a = torch.ones(4, 4)
+    a[1, 1] = float("nan")
+    with pytest.raises(NonFiniteAttribution, match="1 NaN/Inf"):
+        render.colorize(a)
+
+
+def test_upsample_bilinear_to_input_size():
+    up = render.upsample(torch.ones(7, 7), (224, 224))
+    assert up.shape == (224, 224) and torch.allclose(up, torch.ones(224, 224))
