@@ -110,6 +110,13 @@ def show_error(exc: Exception) -> None:
 # --------------------------------------------------------------------------- sidebar
 
 
+def _fail(exc: Exception) -> None:
+    """Show a sidebar problem in the sidebar and remember it for the page's main area."""
+    show_error(exc)
+    st.session_state["ctx_problem"] = str(exc)
+    return None
+
+
 def _model_label(row: dict[str, Any]) -> str:
     return row["name"] + ("" if row["available"] else "  (weights missing)")
 
@@ -117,6 +124,7 @@ def _model_label(row: dict[str, Any]) -> str:
 def sidebar() -> Context | None:
     """Render the shared sidebar and store the resulting :class:`Context` for the page."""
     st.session_state["ctx"] = None
+    st.session_state["ctx_problem"] = None
     with st.sidebar:
         st.header("Relevance Explorer")
         devices = available_devices()
@@ -136,8 +144,7 @@ def sidebar() -> Context | None:
         try:
             bundle = get_bundle(name, weights, device)
         except ExplainerError as exc:
-            show_error(exc)
-            return None
+            return _fail(exc)
         if not bundle.trained:
             st.error("UNTRAINED model: random weights, architecture only. Its predictions and maps "
                      "say nothing about a trained network.", icon=":material/science:")
@@ -159,8 +166,7 @@ def sidebar() -> Context | None:
         try:
             image = decode(data, image_name)
         except ExplainerError as exc:
-            show_error(exc)
-            return None
+            return _fail(exc)
 
         x = bundle.preprocess(image)
         top5 = bundle.topk(x, 5)
@@ -189,8 +195,7 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
         hits = [resolve_target(query, bundle.class_names)] if query.strip().isdigit() \
             else find_classes(query, bundle.class_names)
     except ExplainerError as exc:
-        show_error(exc)
-        return None
+        return _fail(exc)
     if not hits:
         st.error(f"No class matches {query!r}. Try a shorter part of the name.", icon=":material/error:")
         return None
@@ -207,6 +212,11 @@ def require_context() -> Context:
     """Draw the shared sidebar and return its context; stop the page with a hint when incomplete."""
     ctx = sidebar()
     if ctx is None:
-        st.info("Choose a model, an image and a target class in the sidebar.")
+        problem = st.session_state.get("ctx_problem")
+        if problem:
+            st.error(f"{problem}  \nThe rest of the app still works: pick another file or a gallery image.",
+                     icon=":material/error:")
+        else:
+            st.info("Choose a model, an image and a target class in the sidebar.")
         st.stop()
     return ctx

@@ -45,6 +45,7 @@ def test_friendly_error_for_a_non_image_upload():
     at.sidebar.get("file_uploader")[0].upload("cat.png", b"plain text, not a picture", "image/png").run()
     assert not at.exception
     assert any("not an image" in e.value for e in at.sidebar.error)
+    assert any("not an image" in e.value and "still works" in e.value for e in at.main.error)
 
 
 def test_untrained_model_is_labelled():

@@ -1,0 +1,152 @@
+"""One run through the real app in Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+Starts ``streamlit run app.py`` on a free localhost port, then does what a user
+does and fails on any Streamlit exception box.  Screenshots go to a temp folder
+(or to $RELEVANCE_EXPLORER_SCREENSHOTS, which is how the README's tour images are made).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from explainers.images import GALLERY
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "RELEVANCE_EXPLORER_DB": str(tmp_path_factory.mktemp("db") / "store.sqlite")}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(120_000)
+        page.goto(app_url)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    target = os.environ.get("RELEVANCE_EXPLORER_SCREENSHOTS")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def no_exception(page) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def wait_idle(page) -> None:
+    """Wait until Streamlit has finished the current run (the status widget disappears)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=240_000)
+
+
+def choose_methods(page, names: list[str]) -> None:
+    box = page.locator('[data-testid="stMultiSelect"]').first
+    for name in names:
+        box.click()
+        page.keyboard.type(name)
+        page.get_by_role("option", name=name, exact=True).click()
+        page.keyboard.press("Escape")
+    wait_idle(page)
+
+
+def test_a_user_session_through_the_app(page, shots, tmp_path):
+    # 1. the default page renders a heatmap for the embedded model
+    page.get_by_text("native 7x7").first.wait_for()
+    no_exception(page)
+
+    # 2. upload a gallery image through the file chooser
+    page.get_by_text("Upload", exact=True).click()
+    coffee = tmp_path / "coffee.png"
+    coffee.write_bytes(GALLERY["coffee"].png_bytes())
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(coffee))
+    page.get_by_text("Input (coffee.png)").wait_for()
+    wait_idle(page)
+    assert page.get_by_text("espresso").count() > 0
+    no_exception(page)
+
+    # 3. more methods side by side, when they are registered
+    from explainers import METHODS
+
+    extra = [METHODS[m].name for m in ("resnet-lrp", "gradcam++", "saliency") if m in METHODS]
+    if extra:
+        choose_methods(page, extra)
+        for name in extra:
+            page.get_by_text(name, exact=True).first.wait_for()
+    no_exception(page)
+
+    # 4. display-only controls: the opacity slider
+    thumb = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Opacity"]')
+    thumb.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    wait_idle(page)
+    no_exception(page)
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+    # 5. a text file renamed .png gets a friendly message, and the app stays usable
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is a text file, not a picture")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(fake))
+    page.get_by_text("is not an image we can read").wait_for()
+    no_exception(page)
+    page.screenshot(path=str(shots / "bad-upload.png"), full_page=True)
+    page.get_by_text("Gallery", exact=True).click()
+    page.get_by_text("native 7x7").first.wait_for()
+    no_exception(page)
