@@ -159,14 +159,18 @@ def sidebar() -> Context | None:
                 st.info("Upload an image, or pick one from the gallery.")
                 return None
             data, image_name = upload.getvalue(), upload.name
+            remember = True
         else:
             keys = list(GALLERY)
             key = st.selectbox("Sample image", keys, key="gallery", format_func=lambda k: GALLERY[k].label)
             data, image_name = GALLERY[key].png_bytes(), f"{key}.png"
+            remember = False
         try:
             image = decode(data, image_name)
         except ExplainerError as exc:
             return _fail(exc)
+        if remember:
+            session_uploads()[image_hash(data)] = (image_name, data)
 
         x = bundle.preprocess(image)
         top5 = bundle.topk(x, 5)
@@ -201,6 +205,21 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
         return None
     return st.selectbox("Matches", hits[:50], key="target_match",
                         format_func=lambda i: f"{i}: {bundle.class_names[i]}")
+
+
+def session_uploads() -> dict[str, tuple[str, bytes]]:
+    """Images uploaded (and decoded fine) in this browser session: hash -> (name, bytes).
+
+    Bounded to the 32 most recent so a long session does not grow without limit.
+    """
+    uploads = st.session_state.setdefault("uploads", {})
+    while len(uploads) > 32:
+        uploads.pop(next(iter(uploads)))
+    return uploads
+
+
+def gallery_images() -> list[tuple[str, bytes]]:
+    return [(f"{k}.png", item.png_bytes()) for k, item in GALLERY.items()]
 
 
 def current() -> Context | None:

@@ -15,8 +15,18 @@ if not bundle.trained:
 
 available = methods_for(bundle.family)
 ids = [m.id for m in available]
-chosen = st.multiselect("Methods", ids, default=[m for m in ("gradcam",) if m in ids], key="compare_methods",
+if "compare_methods" in st.session_state:  # a new model may not support every method picked before
+    dropped = [m for m in st.session_state["compare_methods"] if m not in ids]
+    st.session_state["compare_methods"] = [m for m in st.session_state["compare_methods"] if m in ids]
+    if dropped:
+        st.info(f"Not available for {bundle.family} models, so removed: "
+                f"{', '.join(METHODS[m].name for m in dropped)}.", icon=":material/info:")
+chosen = st.multiselect("Methods", ids, default=None if "compare_methods" in st.session_state else
+                        [m for m in ("gradcam",) if m in ids], key="compare_methods",
                         format_func=lambda m: METHODS[m].name)
+unsupported = [m.name for m in METHODS.values() if m.id not in ids]
+if unsupported:
+    st.caption(f"Not available for {bundle.family} models: {', '.join(unsupported)}.")
 
 options: dict[str, dict] = {}
 if chosen:

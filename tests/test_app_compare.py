@@ -54,3 +54,27 @@ def test_untrained_model_is_labelled():
     assert not at.exception
     assert any("UNTRAINED" in e.value for e in at.sidebar.error)
     assert any("untrained" in w.value for w in at.warning)
+
+
+def test_switching_to_a_model_a_method_does_not_support():
+    import torch
+
+    from explainers import METHODS, MethodSpec
+    from explainers.registry import MethodOutput, register
+
+    register(MethodSpec(id="test-vit-only", name="ViT-only test method", family="test",
+                        fn=lambda b, x, t, o: MethodOutput(attribution=torch.rand(x.shape[0], 224, 224)),
+                        model_families=frozenset({"vit"})))
+    try:
+        at = AppTest.from_file(APP, default_timeout=300)
+        at.session_state["model"] = "vit_tiny_patch16_224"
+        at.run()
+        assert not at.exception
+        at.multiselect(key="compare_methods").set_value(["gradcam", "test-vit-only"]).run()
+        assert any(c.captions == ["ViT-only test method"] for c in at.image)
+        at.sidebar.selectbox(key="model").set_value("efficientnet_lite0").run()
+        assert not at.exception
+        assert at.multiselect(key="compare_methods").value == ["gradcam"]
+        assert any("removed: ViT-only test method" in i.value for i in at.info)
+    finally:
+        METHODS.pop("test-vit-only")
