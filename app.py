@@ -18,6 +18,10 @@ st.set_page_config(page_title="Relevance Explorer", page_icon=":material/visibil
 
 PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
+    st.Page("pages/metrics.py", title="Metrics", icon=":material/analytics:"),
+    st.Page("pages/mosaics.py", title="Mosaics", icon=":material/grid_view:"),
+    st.Page("pages/conservation.py", title="Conservation", icon=":material/balance:"),
+    st.Page("pages/failure_review.py", title="Failure review", icon=":material/rule:"),
 ]
 
 st.navigation(PAGES).run()

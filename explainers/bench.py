@@ -1,6 +1,7 @@
 """Speed benchmark: median seconds per image per method, and the ratio to one forward pass.
 
-Run ``python -m explainers bench speed --model efficientnet_lite0 --methods gradcam --repeat 5``.
+Run ``python -m explainers bench speed --model efficientnet_lite0 --methods gradcam --repeat 5``;
+options per method inline: ``--methods "scorecam@top_k=64+batch_size=32,scorecam@top_k=-1"``.
 Measured here, not in a timed test, so CI stays deterministic.
 """
 
@@ -56,14 +57,26 @@ def forward_seconds(bundle: ModelBundle, x: torch.Tensor, repeat: int) -> float:
     return median_seconds(run, repeat) / x.shape[0]
 
 
+def parse_method_options(text: str) -> tuple[str, dict[str, str]]:
+    """``"scorecam@top_k=64+batch_size=32"`` -> ("scorecam", {"top_k": "64", "batch_size": "32"}).
+
+    Lets one speed run compare settings of the same method (e.g. Score-CAM with all channels vs top-k);
+    values are strings, validated by the method's options.
+    """
+    name, _, rest = text.partition("@")
+    opts = dict(item.split("=", 1) for item in rest.split("+") if "=" in item)
+    return name, opts
+
+
 def speed(bundle: ModelBundle, methods: list[str], repeat: int = 5, batch: int = 1,
           options: dict[str, dict] | None = None) -> list[SpeedRow]:
     x = sample_batch(bundle, batch)
     fwd = forward_seconds(bundle, x, repeat)
     rows = []
     for method in methods:
-        opts = (options or {}).get(method, {})
-        sec = median_seconds(lambda m=method, o=opts: explain_batch(bundle, x, m, **o), repeat) / batch
+        name, inline = parse_method_options(method)
+        opts = {**(options or {}).get(method, {}), **inline}
+        sec = median_seconds(lambda m=name, o=opts: explain_batch(bundle, x, m, **o), repeat) / batch
         rows.append(SpeedRow(method, batch, sec, fwd))
     return rows
 
@@ -74,4 +87,48 @@ def markdown(rows: list[SpeedRow], model: str, device: str) -> str:
     if rows:
         lines.append(f"| forward | {rows[0].batch} | {rows[0].forward_seconds_per_image:.4f} | 1.0 |")
     lines += [f"| {r.method} | {r.batch} | {r.seconds_per_image:.4f} | {r.ratio:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def zennit_reference_seconds(bundle: ModelBundle, x: torch.Tensor, repeat: int) -> float | None:
+    """Seconds per image of zennit's EpsilonPlusFlat (BN merged; ResNetCanonizer for torchvision ResNets),
+    the field's reference LRP implementation, on a private copy of the model (its canonizers and hooks
+    modify the module).  None when zennit is not installed or cannot handle the model."""
+    import copy
+
+    try:
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer
+    except ImportError:
+        return None
+    model = copy.deepcopy(bundle.model).eval()
+    canonizers = [ResNetCanonizer()] if bundle.family == "resnet" else [SequentialMergeBatchNorm()]
+    composite = EpsilonPlusFlat(canonizers=canonizers)
+    with torch.no_grad():
+        logits = model(x)
+    onehot = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(x.dtype)
+    try:
+        with Gradient(model, composite) as attributor:
+            return median_seconds(lambda: attributor(x, onehot), repeat) / x.shape[0]
+    except Exception:  # noqa: BLE001 - a reference we cannot run is reported as missing, not as a crash
+        return None
+
+
+def speed_with_reference(bundle: ModelBundle, methods: list[str], repeat: int = 5, batch: int = 1) -> str:
+    """The speed table plus, when an LRP-family method is benchmarked, the ratio to zennit measured in the same run."""
+    from .registry import get_method
+
+    rows = speed(bundle, methods, repeat=repeat, batch=batch)
+    table = markdown(rows, bundle.label, str(bundle.device))
+    if not any(get_method(parse_method_options(m)[0]).family == "lrp" for m in methods):
+        return table
+    ref = zennit_reference_seconds(bundle, sample_batch(bundle, batch), repeat)
+    if ref is None:
+        return table + "\n\nzennit reference: unavailable"
+    fwd = rows[0].forward_seconds_per_image
+    lines = [table, "", f"| zennit EpsilonPlusFlat | {batch} | {ref:.4f} | {ref / fwd:.1f} |", "",
+             "| method | batch | x zennit |", "|---|---|---|"]
+    lines += [f"| {r.method} | {r.batch} | {r.seconds_per_image / ref:.2f} |" for r in rows]
     return "\n".join(lines)

@@ -27,7 +27,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .images import load_image
     from .models import load_model
     from .progress import progress_callback
-    from .registry import explain
+    from .registry import explain, get_method
 
     image = load_image(args.image, name=str(args.image))
     bundle = load_model(args.model, device=args.device, weights=args.weights)
@@ -35,6 +35,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     top5 = bundle.topk(x, 5)
     target: int | str | None = args.target if args.target is not None else args.target_name
     options = dict(_parse_option(o) for o in args.option or [])
+    _print_estimate(bundle, args.method, options)
     bar = _tqdm_progress(args.method)
     with progress_callback(bar.update if bar else None):
         res = explain(bundle, x, args.method, target=target, **options)
@@ -42,7 +43,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bar.close()
     if args.out:
         rgb = render.overlay(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).byte().numpy(),
-                             res.attribution, opacity=args.opacity, signed=res.signed)
+                             get_method(res.method).display_map(res.attribution, res.options),  # e.g. HQ bins
+                             opacity=args.opacity, signed=res.signed)
         Path(args.out).write_bytes(render.png_bytes(rgb))
     summary = {
         "model": bundle.label, "trained": bundle.trained, "weights": bundle.weights_source,
@@ -66,6 +68,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.out:
             print(f"heatmap written to {args.out}")
     return 0
+
+
+def _print_estimate(bundle, method: str, options: dict[str, Any]) -> None:
+    """Warn on stderr before a slow method (Score-CAM/Ablation-CAM on a CPU) starts, with its expected time."""
+    from .estimate import describe_estimate, estimate_seconds
+
+    try:
+        seconds = estimate_seconds(bundle, method, options)
+    except ExplainerError:
+        return  # the explain call itself reports bad options
+    if seconds > 5:
+        print(f"{method} on {bundle.device}: expected {describe_estimate(seconds)} "
+              "(Score-CAM/Ablation-CAM: use --option top_k=K for fewer channels)", file=sys.stderr)
 
 
 class _TqdmProgress:
@@ -120,9 +135,41 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=args.device, weights=args.weights)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for batch in args.batch:
-        rows = bench.speed(bundle, methods, repeat=args.repeat, batch=batch)
-        print(bench.markdown(rows, bundle.label, str(bundle.device)))
+        print(bench.speed_with_reference(bundle, methods, repeat=args.repeat, batch=batch))  # + zennit for LRP
         print()
+    return 0
+
+
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    """Metrics per image and method, stored in SQLite so a rerun resumes (see explainers/quality.py)."""
+    from . import quality
+    from .models import load_model
+    from .progress import progress_callback
+    from .store import Store
+
+    bundle = load_model(args.model, device=args.device, weights=args.weights)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    metrics = quality.parse_metrics(args.metrics)
+    images = quality.quality_images(args.images, args.limit)
+    settings = quality.Settings(pixels_per_step=args.pixels_per_step, start=args.start)
+    store = Store(args.db)
+    bar = _tqdm_progress("quality")
+    try:
+        with progress_callback(bar.update if bar else None):
+            rows = quality.run_quality(bundle, images, methods, metrics, settings, store)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished items are stored in {store.path}, rerun to resume", file=sys.stderr)
+        return 130
+    finally:
+        if bar:
+            bar.close()
+    print(quality.markdown(rows, bundle.label, str(bundle.device)))
+    if args.out:
+        quality.write_csv(rows, args.out)
+        quality.write_summary_csv(rows, quality.summary_path(args.out))
+        print(f"\nper-image values in {args.out}, summary in {quality.summary_path(args.out)}")
+    cached = sum(r.cached for r in rows)
+    print(f"{len(rows)} item(s), {cached} read from {store.path}")
     return 0
 
 
@@ -161,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_speed)
+
+    p = bench.add_parser("quality", help="faithfulness/complexity metrics per image and method (resumable)")
+    p.add_argument("--images", default="gallery", help="'gallery' or a folder of images")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--methods", default="gradcam", help="comma-separated method ids")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--metrics", default="insdel,insdel-strict,sparseness",
+                   help="comma-separated: insdel, insdel-strict, sparseness, fidelity, stability")
+    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 101 points)")
+    p.add_argument("--start", default="black", choices=["black", "blurred"], help="insertion start image")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
+    p.add_argument("--out", help="write per-image values to this CSV (and a _summary.csv next to it)")
+    p.set_defaults(func=cmd_bench_quality)
     return parser
 
 

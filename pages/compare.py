@@ -1,9 +1,13 @@
 """Compare: the input and one heatmap per chosen method, side by side."""
 
+import json
+
 import streamlit as st
 
 from explainers import METHODS, methods_for, render
 from explainers.classes import short_name
+from explainers.estimate import describe_estimate, estimate_seconds
+from explainers.progress import progress_callback
 from pages import common
 
 ctx = common.require_context()
@@ -50,12 +54,54 @@ if not chosen:
     st.info("Pick one or more methods above.")
     st.stop()
 
+
+try:  # Streamlit internals: see ``within`` below; without them progress updates are simply recorded
+    from streamlit.runtime.caching.cached_message_replay import in_cached_function as _in_cached_function
+except ImportError:  # pragma: no cover - other Streamlit versions
+    _in_cached_function = None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _estimate(model_key: str, method: str, options_json: str, _bundle) -> float | None:
+    """Expected seconds for one map (explainers.estimate); cached so display-only reruns cost nothing."""
+    try:
+        return estimate_seconds(_bundle, method, json.loads(options_json))
+    except Exception:  # noqa: BLE001 - an estimate is a courtesy; the computation reports real errors
+        return None
+
+
+slow = []
+for method in chosen:
+    compute, _ = METHODS[method].split_options(options.get(method, {}))
+    seconds = _estimate(ctx.model_key, method, json.dumps(compute, sort_keys=True, default=str), bundle)
+    if seconds is not None and seconds > 5:
+        slow.append(f"{METHODS[method].name} {describe_estimate(seconds)}")
+if slow:
+    st.caption(f"Expected time on {bundle.device} (first run; cached afterwards): {'; '.join(slow)}. "
+               "Score-CAM/Ablation-CAM use only the top-k channels on a CPU by default (option top k).")
+
 results, errors = {}, {}
 progress = st.progress(0.0, text="Computing maps ...")
 for i, method in enumerate(chosen):
-    progress.progress(i / len(chosen), text=f"{METHODS[method].name} ({i + 1}/{len(chosen)}) ...")
+    label = f"{METHODS[method].name} ({i + 1}/{len(chosen)})"
+    progress.progress(i / len(chosen), text=f"{label} ...")
+
+    def within(fraction: float, text: str, i: int = i, label: str = label) -> None:
+        """Progress reported by a slow method (explainers.progress.report) moves this method's share of the bar.
+
+        It runs inside ``st.cache_data``, which records element updates to replay them on a cache hit; a replayed
+        update of this bar (created outside the cached function) would fail, so the update is not recorded.
+        """
+        token = _in_cached_function.set(False) if _in_cached_function is not None else None
+        try:
+            progress.progress(min((i + fraction) / len(chosen), 1.0), text=f"{label}: {text or '...'}")
+        finally:
+            if token is not None:
+                _in_cached_function.reset(token)
+
     try:
-        results[method] = common.explanation(ctx, method, options.get(method, {}))
+        with progress_callback(within):
+            results[method] = common.explanation(ctx, method, options.get(method, {}))
     except Exception as exc:  # noqa: BLE001 - shown per method; the other maps still render
         errors[method] = exc
 progress.empty()

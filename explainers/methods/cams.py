@@ -17,7 +17,7 @@ import torch
 from ..guard import model_guard
 from ..layers import default_cam_layer, named_layer, vit_reshape_transform
 from ..models import ModelBundle
-from ..registry import ALL_FAMILIES, MethodOutput, MethodSpec, Option, register
+from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
 
 LAYER_OPTION = Option("layer", "str", "", help="Target layer by name (empty: the model family's default: "
                       "last conv stage for CNNs, last block's norm1 for ViTs).")
@@ -29,14 +29,21 @@ SMOOTH_OPTIONS = (
 
 def run_cam(cam_class, bundle: ModelBundle, x: torch.Tensor, targets: torch.Tensor,
             opts: dict[str, Any], **cam_kwargs: Any) -> MethodOutput:
-    """Run one pytorch-grad-cam class on a batch with per-image targets."""
+    """Run one pytorch-grad-cam class on a batch with per-image targets.
+
+    ``_configure`` (optional) is called with the CAM object before the call, for settings the library
+    takes as attributes rather than constructor arguments (Score-CAM's ``batch_size``).
+    """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    configure = cam_kwargs.pop("_configure", None)
     layer_name = opts.get("layer") or default_cam_layer(bundle)
     with model_guard(bundle) as model:
         layer = named_layer(model, layer_name)
         reshape = vit_reshape_transform(bundle) if bundle.family == "vit" else None
         cam = cam_class(model=model, target_layers=[layer], reshape_transform=reshape, **cam_kwargs)
+        if configure is not None:
+            configure(cam)
         try:
             grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets],
                             aug_smooth=opts.get("aug_smooth", False), eigen_smooth=opts.get("eigen_smooth", False))
@@ -59,4 +66,310 @@ register(MethodSpec(
     id="gradcam", name="Grad-CAM", family="cam", fn=_gradcam,
     options=(LAYER_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES, normalized=True,
     description="Gradient-weighted class activation map (Selvaraju et al. 2017) via pytorch-grad-cam.",
+))
+
+
+# --------------------------------------------------------------------------- gradient-weighted variants
+# Each is the library's class as is; only the spec (options, families) is ours.
+
+
+def _simple(cam_name: str):
+    """A method function running ``pytorch_grad_cam.<cam_name>`` through :func:`run_cam`."""
+
+    def fn(bundle, x, targets, opts):
+        import pytorch_grad_cam
+
+        return run_cam(getattr(pytorch_grad_cam, cam_name), bundle, x, targets, opts)
+
+    fn.__name__ = f"_{cam_name.lower()}"
+    return fn
+
+
+LAYERCAM_LAYER_OPTION = Option("layer", "str", "", help="Target layer by name (empty: the family default). "
+                               "LayerCAM at an early layer (e.g. ResNet 'layer1', EfficientNet 'blocks.1') gives "
+                               "the high-resolution maps SRD compares against.")
+
+for _id, _cls, _name, _desc, _layer_opt in (
+    ("gradcam++", "GradCAMPlusPlus", "Grad-CAM++", "Grad-CAM with second-order channel weights "
+     "(Chattopadhyay et al. 2018) via pytorch-grad-cam.", LAYER_OPTION),
+    ("xgradcam", "XGradCAM", "XGrad-CAM", "Axiom-based Grad-CAM: activation-normalised gradient weights "
+     "(Fu et al. 2020) via pytorch-grad-cam.", LAYER_OPTION),
+    ("layercam", "LayerCAM", "LayerCAM", "Element-wise positive-gradient weighting (Jiang et al. 2021) via "
+     "pytorch-grad-cam; meaningful at early layers too.", LAYERCAM_LAYER_OPTION),
+    ("hirescam", "HiResCAM", "HiResCAM", "Gradient x activation element-wise, then channel sum (Draelos & Carin "
+     "2020) via pytorch-grad-cam; faithful to the model's computation.", LAYER_OPTION),
+):
+    register(MethodSpec(id=_id, name=_name, family="cam", fn=_simple(_cls), options=(_layer_opt, *SMOOTH_OPTIONS),
+                        model_families=ALL_FAMILIES, normalized=True, description=_desc))
+
+
+# --------------------------------------------------------------------------- EigenCAM (class-agnostic)
+
+
+def _eigencam(bundle, x, targets, opts):
+    from pytorch_grad_cam import EigenCAM
+
+    return run_cam(EigenCAM, bundle, x, targets, opts)
+
+
+register(MethodSpec(
+    id="eigencam", name="EigenCAM", family="cam", fn=_eigencam, options=(LAYER_OPTION, SMOOTH_OPTIONS[0]),
+    model_families=ALL_FAMILIES, normalized=True,
+    description="First principal component of the layer's activations (Muhammad & Yeasin 2020) via "
+                "pytorch-grad-cam. Class-agnostic: the same map for every target class.",
+))
+
+
+# --------------------------------------------------------------------------- FullGrad
+
+
+def _fullgrad(bundle, x, targets, opts):
+    from pytorch_grad_cam import FullGrad
+
+    # FullGrad ignores target_layers (it uses every Conv2d/BatchNorm2d bias); the library prints a
+    # warning for a non-empty list, so we pass none and name no layer.  compute_input_gradient makes
+    # the library set requires_grad on its input: give it a private copy.
+    with model_guard(bundle) as model:
+        cam = FullGrad(model=model, target_layers=[])
+        try:
+            grayscale = _call_cam(cam, x.detach().clone(), targets, opts)
+        finally:
+            cam.activations_and_grads.release()
+    return MethodOutput(attribution=torch.from_numpy(grayscale), native_resolution=tuple(x.shape[-2:]),
+                        extras={"layer": "all biases"})
+
+
+register(MethodSpec(
+    id="fullgrad", name="FullGrad", family="cam", fn=_fullgrad, options=(SMOOTH_OPTIONS[0],),
+    model_families=CNN_FAMILIES, normalized=True,
+    description="Full-gradient representation: input-gradient x input plus bias-gradients of every conv/BN layer "
+                "(Srinivas & Fleuret 2019) via pytorch-grad-cam. CNNs only (needs 2-D biases).",
+))
+
+
+def _call_cam(cam, x: torch.Tensor, targets: torch.Tensor, opts: dict[str, Any]):
+    """The library's own call with per-image ClassifierOutputTargets."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets],
+               aug_smooth=opts.get("aug_smooth", False), eigen_smooth=opts.get("eigen_smooth", False))
+
+
+# --------------------------------------------------------------------------- Score-CAM / Ablation-CAM
+
+CPU_TOP_K = 128  # channels used on a CPU when top_k is "auto": ~10x fewer forward passes on Lite0/ResNet-50 heads
+
+TOP_K_OPTION = Option(
+    "top_k", "int", 0, min=-1, max=4096, step=16,
+    help=f"Use only the k channels with the highest mean activation (one forward pass per channel). "
+         f"0 = auto: all channels on a GPU, the top {CPU_TOP_K} on a CPU (all would take minutes there); "
+         f"-1 = all channels (identical to the library's own output).",
+)
+BATCH_OPTION = Option("batch_size", "int", 32, min=1, max=1024, step=8,
+                      help="Masked/ablated copies per forward pass, on the selected device.")
+
+
+def resolve_top_k(top_k: int, device: torch.device | str) -> int | None:
+    """The number of channels to use, or None for all (see :data:`TOP_K_OPTION`)."""
+    if top_k < 0:
+        return None
+    if top_k == 0:
+        return None if torch.device(device).type == "cuda" else CPU_TOP_K
+    return top_k
+
+
+def top_channels(activations, k: int) -> torch.Tensor:
+    """[B, k] indices of each image's k channels with the highest spatial-mean activation."""
+    acts = torch.as_tensor(activations)
+    return acts.flatten(2).mean(-1).topk(k, dim=-1).indices
+
+
+class _ForwardProgress:
+    """Counts the model's forward passes inside a slow CAM's weight loop and reports the fraction done.
+
+    The libraries loop internally (with their own tqdm), so a forward hook is the one place we can
+    observe progress without copying their loops; the hook is removed when the loop ends.
+    """
+
+    def __init__(self, model: torch.nn.Module, total: int, text: str) -> None:
+        self.model, self.total, self.text, self.done = model, max(total, 1), text, 0
+
+    def __enter__(self) -> _ForwardProgress:
+        from ..progress import report
+
+        def hook(_module, _inputs, _output) -> None:
+            self.done += 1
+            report(self.done / self.total, f"{self.text} {min(self.done, self.total)}/{self.total}")
+
+        self.handle = self.model.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def _scorecam_class():
+    from pytorch_grad_cam import ScoreCAM
+
+    class TopKScoreCAM(ScoreCAM):
+        """The library's ScoreCAM restricted to the top-k channels per image (all when top_k is None).
+
+        Unselected channels get weight 0; the softmax over channel scores runs over the selected ones
+        only.  With all channels this is exactly ``ScoreCAM.get_cam_weights``.
+        """
+
+        top_k: int | None = None
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            import numpy as np
+
+            b, c = activations.shape[:2]
+            k = c if self.top_k is None else min(self.top_k, c)
+            steps = -(-k // getattr(self, "batch_size", 16))
+            with _ForwardProgress(self.model, b * steps, "Score-CAM forward passes"):
+                if k == c:
+                    return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+                idx = top_channels(activations, k).numpy()
+                weights = np.zeros((b, c), dtype=np.float32)
+                for i in range(b):
+                    sub = activations[i:i + 1, idx[i]]
+                    weights[i, idx[i]] = super().get_cam_weights(input_tensor[i:i + 1], target_layer,
+                                                                 [targets[i]], sub, grads)[0]
+                return weights
+
+    return TopKScoreCAM
+
+
+def _scorecam(bundle, x, targets, opts):
+    cls = _scorecam_class()
+    top_k = resolve_top_k(opts["top_k"], bundle.device)
+
+    def configure(cam):
+        cam.batch_size, cam.top_k = opts["batch_size"], top_k
+
+    out = run_cam(cls, bundle, x, targets, opts, _configure=configure)
+    out.extras["top_k"] = top_k if top_k is not None else "all"
+    return out
+
+
+def _ablation_classes():
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+    from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+
+    def topk_layer(base):
+        class TopKAblationLayer(base):
+            """Ablates only the top-k channels by mean activation; the others keep the original score (weight 0).
+
+            With top_k None it defers to the library's selection (all channels at ratio 1.0).
+            """
+
+            top_k: int | None = None
+
+            def activations_to_be_ablated(self, activations, ratio_channels_to_ablate=1.0):
+                import numpy as np
+
+                if self.top_k is None or self.top_k >= activations.shape[0]:
+                    return super().activations_to_be_ablated(activations, ratio_channels_to_ablate)
+                self.indices = np.int32(top_channels(activations[None], self.top_k)[0].numpy())
+                return self.indices
+
+        return TopKAblationLayer
+
+    class SafeAblationCAM(AblationCAM):
+        """The library's AblationCAM, but the target layer is put back even when a forward pass fails.
+
+        The library swaps the target layer for its ablation layer and swaps it back only on success;
+        on the shared model an exception would otherwise leave the model broken for every session.
+        """
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            c = activations.shape[1]
+            top_k = self.ablation_layer.top_k
+            k = c if top_k is None else min(top_k, c)
+            steps = -(-k // self.batch_size)
+            try:
+                # one forward for the original scores, then one per batch of ablated channels per image
+                with _ForwardProgress(self.model, 1 + input_tensor.shape[0] * steps, "Ablation-CAM forward passes"):
+                    return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+            except BaseException:
+                replace_layer_recursive(self.model, self.ablation_layer, target_layer)
+                raise
+
+    return SafeAblationCAM, topk_layer(AblationLayer), topk_layer(AblationLayerVit)
+
+
+def _ablationcam(bundle, x, targets, opts):
+    cam_cls, layer_cls, vit_layer_cls = _ablation_classes()
+    layer = (vit_layer_cls if bundle.family == "vit" else layer_cls)()
+    layer.top_k = resolve_top_k(opts["top_k"], bundle.device)
+    out = run_cam(cam_cls, bundle, x, targets, opts, ablation_layer=layer, batch_size=opts["batch_size"])
+    out.extras["top_k"] = layer.top_k if layer.top_k is not None else "all"
+    return out
+
+
+SLOW_NOTE = (" Slow on a CPU: one forward pass per channel (1280 at Lite0's and 2048 at ResNet-50's default layer); "
+             "the top_k option uses fewer.")
+
+register(MethodSpec(
+    id="scorecam", name="Score-CAM", family="cam", fn=_scorecam,
+    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES,
+    normalized=True,
+    description="Channel weights from the target score of the input masked by each upsampled activation "
+                "(Wang et al. 2020) via pytorch-grad-cam." + SLOW_NOTE,
+))
+register(MethodSpec(
+    id="ablationcam", name="Ablation-CAM", family="cam", fn=_ablationcam,
+    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES,
+    normalized=True,
+    description="Channel weights from the score drop when each channel is zeroed (Desai & Ramaswamy 2020) via "
+                "pytorch-grad-cam." + SLOW_NOTE,
+))
+
+
+# --------------------------------------------------------------------------- Guided Grad-CAM
+
+
+def guided_backprop_maps(bundle: ModelBundle, x: torch.Tensor, targets: torch.Tensor):
+    """pytorch-grad-cam's ``GuidedBackpropReLUModel`` per image: [B, H, W, 3] numpy, signed.
+
+    The library swaps every ``nn.ReLU`` for its guided ReLU and back for *new* ``nn.ReLU()``
+    modules, which would drop ``inplace`` flags and module identity on the shared model; we put
+    the original module objects back.  It also explains only image 0 of a batch, hence the loop.
+    Models without ``nn.ReLU`` modules (ReLU6 in EfficientNet-Lite) get plain input gradients:
+    the library guides only ``nn.ReLU``.
+    """
+    import numpy as np
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    with model_guard(bundle) as model:
+        relus = [(parent, name, child) for parent in model.modules()
+                 for name, child in parent._modules.items() if isinstance(child, torch.nn.ReLU)]
+        try:
+            gb = GuidedBackpropReLUModel(model=model, device=x.device)
+            maps = [gb(x[i:i + 1].detach().clone(), target_category=int(t)) for i, t in enumerate(targets)]
+        finally:
+            for parent, name, child in relus:
+                parent._modules[name] = child
+    return np.stack(maps)
+
+
+def _guided_gradcam(bundle, x, targets, opts):
+    from pytorch_grad_cam import GradCAM
+
+    cam = run_cam(GradCAM, bundle, x, targets, opts)
+    gb = torch.from_numpy(guided_backprop_maps(bundle, x, targets))  # [B, H, W, 3]
+    # Selvaraju et al. 2017, Sec. 3.1: Guided Grad-CAM = guided backprop (x) upsampled Grad-CAM,
+    # as in the library's cam.py (cam_mask * gb); channels summed to one signed map.
+    cam.attribution = (gb * cam.attribution[..., None]).sum(-1)
+    cam.native_resolution = tuple(x.shape[-2:])
+    return cam
+
+
+register(MethodSpec(
+    id="guided-gradcam", name="Guided Grad-CAM", family="cam", fn=_guided_gradcam,
+    options=(LAYER_OPTION, *SMOOTH_OPTIONS), model_families=CNN_FAMILIES, signed=True,
+    description="Guided backpropagation multiplied by the upsampled Grad-CAM (Selvaraju et al. 2017) via "
+                "pytorch-grad-cam; channel-summed, signed. CNNs only; on EfficientNet-Lite (ReLU6) the library "
+                "guides no activation, so the guided part is the plain input gradient.",
 ))

@@ -1,0 +1,164 @@
+"""Insertion, Deletion and the Insertion-Deletion (ID) score.
+
+resnet-lrp App. A.0.3, Eqs. 9-10: pixels are sorted by the attribution in
+descending order; A_n holds the first n of them; the insertion input i_n keeps
+x on A_n and the baseline elsewhere, the deletion input d_n the reverse.  The
+curves are the softmax probability of the explained class against n; the
+scores are their areas (trapezoid rule) and ID = Insertion - Deletion.
+
+Schedule, as the authors' released code (``metrics/patch_insdel.py``):
+``pixels_per_step`` = 500 at 224x224 gives ceil(50176 / 500) = 101 points,
+point i having min(500 (i + 1), N) pixels inserted/deleted, and the area is
+the trapezoid rule with uniform spacing 1 / (points - 1), i.e.
+(sum - a_0 / 2 - a_end / 2) / (points - 1).
+
+Ties.  The released code builds each mask as ``map >= threshold`` where the
+threshold is the value at the current rank, so every pixel tied at that value
+enters (or leaves) at once.  After heat quantization (resnet-lrp Eq. 8) most
+pixels share the lowest level, so once the rank reaches it, insertion jumps to
+the full image and deletion to the full baseline: Insertion is inflated and
+Deletion deflated.  ``ties="together"`` reproduces that protocol;
+``ties="strict"`` uses a strict order (the ranked map, then an optional raw
+map as a secondary key, then a seeded random tiebreak) so exactly n pixels are
+changed at point n.  Without ties the two protocols are identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ._common import ModelFn, as_maps, as_targets, baseline_image, chunked_forward
+
+TIES = ("together", "strict")
+STARTS = ("black", "blurred")
+
+
+@dataclass
+class InsDelResult:
+    """Curves and areas for a batch: ``insertion``/``deletion`` are ``[B, S]`` on the CPU."""
+
+    fractions: torch.Tensor  # [S] fraction of pixels inserted / deleted at each point
+    insertion: torch.Tensor  # [B, S]
+    deletion: torch.Tensor  # [B, S]
+    insertion_auc: torch.Tensor  # [B]
+    deletion_auc: torch.Tensor  # [B]
+    ties: str
+    start: str
+
+    @property
+    def id_score(self) -> torch.Tensor:
+        """resnet-lrp Sec. 4.2 / App. A.0.3: ID = Insertion - Deletion."""
+        return self.insertion_auc - self.deletion_auc
+
+
+def schedule(n_pixels: int, pixels_per_step: int = 500) -> torch.Tensor:
+    """Pixel counts per curve point: min(k (i + 1), N), i < ceil(N / k) (authors' code, 101 points at 224^2)."""
+    if pixels_per_step < 1:
+        raise ValueError("pixels_per_step must be >= 1")
+    points = math.ceil(n_pixels / pixels_per_step)
+    return torch.clamp(torch.arange(1, points + 1) * pixels_per_step, max=n_pixels)
+
+
+def auc(curves: torch.Tensor) -> torch.Tensor:
+    """Trapezoid rule with uniform spacing on [0, 1] (resnet-lrp App. A.0.3, authors' ``patch_insdel.py``)."""
+    s = curves.shape[-1]
+    if s == 1:
+        return curves[..., 0]
+    return torch.trapezoid(curves, dx=1.0 / (s - 1), dim=-1)
+
+
+def strict_rank(maps: torch.Tensor, raw: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Rank of every pixel (0 = first) in a strict order: map desc, raw desc, seeded random.
+
+    Three stable sorts, least significant key first, give the lexicographic
+    order without building a composite float key (which could itself tie).
+    """
+    b, n = maps.shape[0], maps[0].numel()
+    flat = maps.reshape(b, n)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(n, generator=gen) for _ in range(b)]).to(flat.device)
+    if raw is not None:
+        key = raw.reshape(b, n).gather(1, order)
+        order = order.gather(1, torch.sort(key, dim=1, descending=True, stable=True).indices)
+    key = flat.gather(1, order)
+    order = order.gather(1, torch.sort(key, dim=1, descending=True, stable=True).indices)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=flat.device).expand(b, n).contiguous())
+    return rank
+
+
+def insertion_masks(maps: torch.Tensor, counts: torch.Tensor, ties: str = "together",
+                    raw: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Boolean ``[B, S, H, W]``: True where the pixel is in A_n (resnet-lrp Eq. 9) at each point.
+
+    ``together``: A_n = {map >= the n-th largest value} (ties enter at once, authors' code);
+    ``strict``: A_n = the first n pixels of :func:`strict_rank` (|A_n| = n exactly).
+    """
+    b, h, w = maps.shape
+    flat = maps.reshape(b, h * w)
+    counts = counts.to(flat.device)
+    if ties == "together":
+        sorted_desc = torch.sort(flat, dim=1, descending=True).values
+        thresholds = sorted_desc[:, counts - 1]  # [B, S]
+        masks = flat[:, None, :] >= thresholds[:, :, None]
+    elif ties == "strict":
+        rank = strict_rank(maps, raw, seed)
+        masks = rank[:, None, :] < counts[None, :, None]
+    else:
+        raise ValueError(f"unknown ties protocol {ties!r}; use one of {TIES}")
+    return masks.reshape(b, -1, h, w)
+
+
+@torch.no_grad()
+def insertion_deletion_curves(model: ModelFn, x: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor],
+                              targets: int | Sequence[int] | torch.Tensor, *,
+                              mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                              pixels_per_step: int = 500, ties: str = "together", start: str = "black",
+                              raw: torch.Tensor | None = None, seed: int = 0, batch_size: int = 32,
+                              ) -> InsDelResult:
+    """Insertion and deletion curves of a batch on any model (the engine under :func:`insertion_deletion`).
+
+    ``x`` is the normalised ``[B, 3, H, W]`` input; ``mean``/``std`` define pixel
+    space for the black start; ``raw`` is the strict protocol's secondary key
+    (e.g. the map before heat quantization).  All perturbed inputs are built
+    on ``x``'s device and pushed through ``model`` ``batch_size`` at a time.
+    """
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}; use one of {STARTS}")
+    if x.dim() == 3:
+        x = x[None]
+    b, _, h, w = x.shape
+    maps = as_maps(maps, (h, w), x.device)
+    raw_maps = as_maps(raw, (h, w), x.device) if raw is not None else None
+    targets = as_targets(targets, b, x.device)
+    counts = schedule(h * w, pixels_per_step)
+    masks = insertion_masks(maps, counts, ties, raw_maps, seed)  # [B, S, H, W]
+    base = baseline_image(x, start, mean, std)
+    black = baseline_image(x, "black", mean, std)
+    s = counts.numel()
+    ins, dele = torch.empty(b, s), torch.empty(b, s)
+    for i in range(b):
+        m = masks[i][:, None].to(x.dtype)  # [S, 1, H, W]
+        # resnet-lrp Eq. 10: i_n = x on A_n, baseline elsewhere; d_n = baseline on A_n, x elsewhere.
+        # Deletion always removes to black (the authors' protocol); ``start`` changes only where insertion begins.
+        inserted = m * x[i] + (1 - m) * base[i]
+        deleted = (1 - m) * x[i] + m * black[i]
+        probs = chunked_forward(model, torch.cat([inserted, deleted]), batch_size).softmax(-1)[:, targets[i]]
+        ins[i], dele[i] = probs[:s].cpu(), probs[s:].cpu()
+    return InsDelResult(fractions=counts.float() / (h * w), insertion=ins, deletion=dele,
+                        insertion_auc=auc(ins), deletion_auc=auc(dele), ties=ties, start=start)
+
+
+def insertion_deletion(bundle, x: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor],
+                       targets: int | Sequence[int] | torch.Tensor, **kwargs) -> InsDelResult:
+    """:func:`insertion_deletion_curves` on a :class:`~explainers.models.ModelBundle` (its device and normalisation)."""
+    def model(batch: torch.Tensor) -> torch.Tensor:
+        with bundle.lock:
+            return bundle.model(batch)
+
+    return insertion_deletion_curves(model, x.to(bundle.device), maps, targets, mean=bundle.prep.mean,
+                                     std=bundle.prep.std, **kwargs)

@@ -1,0 +1,50 @@
+"""Backward relevance propagation: one engine over a traced graph, rules as strategies.
+
+Used by ``lrp`` and ``resnet-lrp`` (explainers/methods/lrp.py) and meant to be reused by
+absLRP and SRD.  How to add a method:
+
+- subclass :class:`RuleSet` and override ``rule_<kind>`` for the node kinds whose rule differs
+  (kinds: conv, linear, bn, act, pass, maxpool, avgpool, mean, reshape, add); each gets an
+  :class:`OpContext` (node, its data inputs, ``env`` with the forward values) and the relevance of the
+  node's output, and returns the relevance of each data input;
+- conv/linear rules are :class:`LayerRule` objects; :func:`modified_vjp` does the gradient-x-input step
+  for any choice of (input, weight, bias) terms; ``RuleSet.layer_context`` gives BN-merged parameters;
+- BN as affine steps: :func:`~explainers.propagation.graph.batch_norm_params` gives (scale, shift) for
+  module and functional BN;
+- a custom start (absLRP's contrastive 1 / -1/N) is ``propagate(..., start=tensor[B, classes])``;
+- rules that read values other than a node's own inputs (SRD's pre-activation PFVs) call
+  ``propagate(..., keep_activations=True)``: the forward then keeps every value in ``env``.
+"""
+
+from .composites import COMPOSITES, INPUT_RULES, make_composite
+from .engine import BlockShare, NodeTotal, Propagation, PropagationTrace, forward, propagate
+from .graph import PropGraph, Residual, UnsupportedOperation, build_graph
+from .quantize import heat_quantize
+from .rules import (
+    RESIDUAL_RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    LayerContext,
+    LayerRule,
+    OpContext,
+    Proportional,
+    Ratio,
+    ResidualContext,
+    ResidualRule,
+    RuleSet,
+    Symmetric,
+    ZBox,
+    ZPlus,
+    modified_vjp,
+    stabilize,
+    start_relevance,
+)
+
+__all__ = [
+    "COMPOSITES", "INPUT_RULES", "RESIDUAL_RULES", "AlphaBeta", "BlockShare", "Epsilon", "Flat", "LayerContext",
+    "LayerRule", "NodeTotal", "OpContext", "PropGraph", "Propagation", "PropagationTrace", "Proportional", "Ratio",
+    "Residual", "ResidualContext", "ResidualRule", "RuleSet", "Symmetric", "UnsupportedOperation", "ZBox", "ZPlus",
+    "build_graph", "forward", "heat_quantize", "make_composite", "modified_vjp", "propagate", "stabilize",
+    "start_relevance",
+]

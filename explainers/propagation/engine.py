@@ -1,0 +1,202 @@
+"""The backward relevance propagation engine: one forward that keeps every activation,
+then one walk over the traced graph in reverse, applying the rule set's rule at each node.
+
+Relevance totals are recorded at every node (one reduction per node, moved to the CPU
+once at the end), which is what the Conservation page plots and what the property
+tests check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .graph import PropGraph, build_graph, run_node
+from .rules import OpContext, RuleSet
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class NodeTotal:
+    name: str
+    kind: str
+    total: float
+    checkpoint: bool
+
+
+@dataclass
+class BlockShare:
+    """Relevance a residual block sent through its skip connection and through its main branch."""
+
+    name: str
+    identity: bool
+    skip: float
+    main: float
+
+    @property
+    def skip_share(self) -> float:
+        total = abs(self.skip) + abs(self.main)
+        return abs(self.skip) / total if total else 0.0
+
+
+@dataclass
+class PropagationTrace:
+    """Per-image record of one propagation (picklable: the app caches it)."""
+
+    start: float  # relevance placed at the output
+    nodes: list[NodeTotal] = field(default_factory=list)  # output -> input
+    blocks: list[BlockShare] = field(default_factory=list)  # input -> output order
+
+    @property
+    def checkpoints(self) -> list[NodeTotal]:
+        return [n for n in self.nodes if n.checkpoint]
+
+    def checkpoint_errors(self) -> list[tuple[str, float, float]]:
+        """(name, total, relative error vs the start value) at each checkpoint."""
+        ref = self.start if self.start else 1.0
+        return [(n.name, n.total, (n.total - self.start) / abs(ref)) for n in self.checkpoints]
+
+    def total_at(self, which: str) -> float:
+        """Total at 'input', 'first_block' (first residual block's input) or 'last_block' (last block's input)."""
+        cps = [n for n in self.nodes if n.checkpoint]
+        if which == "input":
+            return cps[-1].total
+        block_inputs = [n for n in self.nodes if n.kind == "block_input"]
+        if not block_inputs:
+            return float("nan")
+        return block_inputs[-1].total if which == "first_block" else block_inputs[0].total
+
+
+@dataclass
+class Propagation:
+    relevance: Tensor  # relevance of the input, same shape as x
+    logits: Tensor
+    start: Tensor  # [B] relevance placed at the output
+    totals: Tensor  # [N, B] relevance total per recorded node
+    node_names: list[str]
+    node_kinds: list[str]
+    node_checkpoint: list[bool]
+    node_ids: list[fx.Node]
+    block_names: list[str]
+    block_identity: list[bool]
+    block_skip: Tensor  # [K, B]
+    block_main: Tensor  # [K, B]
+    graph: PropGraph
+    activations: dict[fx.Node, Tensor] | None = None
+
+    def traces(self) -> list[PropagationTrace]:
+        totals = self.totals.detach().double().cpu().tolist()
+        skip = self.block_skip.detach().double().cpu().tolist() if len(self.block_names) else []
+        main = self.block_main.detach().double().cpu().tolist() if len(self.block_names) else []
+        start = self.start.detach().double().cpu().tolist()
+        out = []
+        for b in range(len(start)):
+            nodes = [NodeTotal(n, k, totals[i][b], c) for i, (n, k, c) in
+                     enumerate(zip(self.node_names, self.node_kinds, self.node_checkpoint))]
+            blocks = [BlockShare(name, ident, skip[k][b], main[k][b]) for k, (name, ident) in
+                      enumerate(zip(self.block_names, self.block_identity))]
+            out.append(PropagationTrace(start=start[b], nodes=nodes, blocks=blocks))
+        return out
+
+    def layers(self) -> list[list[tuple[str, float]]]:
+        """Per image: (node name, relevance total) from output to input (``Explanation.layers``)."""
+        totals = self.totals.detach().double().cpu().tolist()
+        return [[(n, totals[i][b]) for i, n in enumerate(self.node_names)] for b in range(self.totals.shape[1])]
+
+
+def forward(graph: PropGraph, x: Tensor, inplace: bool = True) -> dict[fx.Node, Any]:
+    """Run the traced model keeping the values the LRP rules need.
+
+    ``inplace`` (the fast path): ReLUs whose input nobody else reads overwrite it, and values no rule reads
+    are dropped once consumed.  Pass False to keep every value intact (rules such as SRD's that read
+    pre-activations or other nodes' values)."""
+    env: dict[fx.Node, Any] = {}
+    left = dict(graph.remaining_users)
+    for node in graph.module.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = run_node(graph.module, node, env, x, inplace and node in graph.inplace)
+        if inplace:
+            for i in graph.data_inputs.get(node, ()):
+                left[i] -= 1
+                if left[i] == 0 and i not in graph.keep:
+                    env[i] = None  # no rule reads it: let the allocator reuse the memory
+    return env
+
+
+@torch.no_grad()
+def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSet, model_name: str = "",
+              start: Tensor | None = None, keep_activations: bool = False) -> Propagation:
+    """Propagate relevance from the output back to ``x`` (batched: one target per row of ``x``).
+
+    ``start`` overrides the rule set's start relevance (a [B, classes] tensor); otherwise the
+    rule set places it at ``targets`` (argmax when None).  The model must be in eval mode; the
+    caller holds the model lock (``model_guard``).
+    """
+    graph = build_graph(model, model_name, example=x)
+    env = forward(graph, x, inplace=not keep_activations)
+    logits = env[graph.output]
+    if targets is None:
+        targets = logits.argmax(-1)
+    r_out = start if start is not None else rules.start_relevance(logits, targets.to(logits.device))
+    r_out = r_out.to(logits.dtype)
+    checkpoints = set(graph.checkpoints())
+    block_inputs = {r.block_input for r in graph.residuals.values()}
+    R: dict[fx.Node, Tensor] = {graph.output: r_out}
+    sums: list[Tensor] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    cps: list[bool] = []
+    ids: list[fx.Node] = []
+    blocks: list[tuple[int, str, bool, Tensor, Tensor]] = []
+    relevance = None
+    kept = dict(env) if keep_activations else None
+    for node in reversed(graph.nodes):
+        r = R.pop(node, None)
+        if r is None:
+            env.pop(node, None)
+            continue
+        kind = graph.kind[node]
+        sums.append(r.flatten(1).sum(1))
+        names.append(graph.names[node])
+        kinds.append("block_input" if node in block_inputs else kind)
+        cps.append(node in checkpoints)
+        ids.append(node)
+        if kind == "input":
+            relevance = r
+            continue
+        ins = graph.data_inputs[node]
+        op = OpContext(graph=graph, node=node, kind=kind, inputs=[env.get(i) for i in ins], env=env,
+                       name=f"{graph.names[node]} in {graph.model_name}")
+        outs = rules.backward(op, r)
+        res = graph.residuals.get(node)
+        if res is not None:
+            r_skip = outs[ins.index(res.skip)]
+            r_main = outs[ins.index(res.main)] if res.main is not res.skip else torch.zeros_like(r)
+            zero = torch.zeros(r.shape[0], dtype=r.dtype, device=r.device)
+            blocks.append((res.index, res.name, res.identity,
+                           r_skip.flatten(1).sum(1) if r_skip is not None else zero,
+                           r_main.flatten(1).sum(1) if r_main is not None else zero))
+        for i, ri in zip(ins, outs):
+            if ri is None:
+                continue
+            prev = R.get(i)
+            R[i] = ri if prev is None else prev + ri
+        env.pop(node, None)
+    if relevance is None:
+        relevance = torch.zeros_like(x)
+    blocks.sort(key=lambda b: b[0])
+    empty = torch.zeros(0, x.shape[0], dtype=x.dtype, device=x.device)
+    return Propagation(
+        relevance=relevance, logits=logits, start=r_out.sum(-1), totals=torch.stack(sums) if sums else empty,
+        node_names=names, node_kinds=kinds, node_checkpoint=cps, node_ids=ids,
+        block_names=[b[1] for b in blocks], block_identity=[b[2] for b in blocks],
+        block_skip=torch.stack([b[3] for b in blocks]) if blocks else empty,
+        block_main=torch.stack([b[4] for b in blocks]) if blocks else empty,
+        graph=graph, activations=kept,
+    )

@@ -1,0 +1,371 @@
+"""The network as an explicit graph: a ``torch.fx`` trace with every node classified.
+
+Why a traced graph rather than module hooks: residual additions (``out += identity``
+in torchvision, ``x = self.drop_path(x) + shortcut`` in timm) and timm's functional
+``batch_norm`` are not modules, so hooks cannot see them.  In the fx graph they are
+ordinary nodes, which lets one engine apply a rule to each and record the relevance
+at every node (what the Conservation page plots).
+
+The graph is built once per model object (cached weakly) and never mutates the
+model, so it is safe to share between the app's sessions under ``model_guard``.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedModel
+
+
+class UnsupportedOperation(UnsupportedModel):
+    """The propagation engine met an operation it has no rule for."""
+
+
+# Module types and functions by the role they play in relevance propagation.
+ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.ELU, nn.Tanh, nn.Sigmoid)
+PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+AVGPOOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+ACT_FUNCTIONS = {F.relu, F.relu6, F.gelu, F.silu, F.hardtanh, F.leaky_relu, torch.relu, torch.tanh, torch.sigmoid}
+PASS_FUNCTIONS = {F.dropout, F.dropout2d}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+AVGPOOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.avg_pool2d}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+RESHAPE_METHODS = {"view", "reshape", "flatten"}
+PASS_METHODS = {"contiguous", "clone"}
+ACT_METHODS = {"relu", "sigmoid", "tanh"}
+
+
+@dataclass
+class Residual:
+    """One residual junction ``h = h_s + h_m`` (skip + main branch)."""
+
+    node: fx.Node  # the add
+    name: str  # the block's name (common module prefix of its main branch)
+    skip: fx.Node  # the add's input coming from the skip connection
+    main: fx.Node  # the add's input coming from the residual branch
+    block_input: fx.Node  # where skip and main branch split
+    identity: bool  # True when the skip is the identity (no projection)
+    index: int  # 0-based position among the network's residual blocks
+
+
+@dataclass
+class PropGraph:
+    """The traced model plus what the engine needs to know about each node."""
+
+    module: fx.GraphModule
+    model_name: str
+    nodes: list[fx.Node]  # data nodes in topological order (placeholder first, output excluded)
+    kind: dict[fx.Node, str]  # 'input' 'conv' 'linear' 'bn' 'act' 'pass' 'maxpool' 'avgpool' 'mean' 'reshape' 'add'
+    data_inputs: dict[fx.Node, list[fx.Node]]  # the data (activation) inputs of each node
+    output: fx.Node  # the node whose value is the logits
+    residuals: dict[fx.Node, Residual] = field(default_factory=dict)
+    merged_bn: dict[fx.Node, fx.Node] = field(default_factory=dict)  # conv/linear -> the BN that directly follows it
+    first_layer: fx.Node | None = None  # first conv/linear (input layer rules: flat, zbox)
+    classifier_input: fx.Node | None = None  # input of the first linear layer
+    names: dict[fx.Node, str] = field(default_factory=dict)  # readable name of each node
+    nonneg: set[fx.Node] = field(default_factory=set)  # nodes whose value is >= 0 by construction (after ReLU)
+    # ReLU nodes whose input feeds nothing else: the engine's forward may run them in place (no rule reads
+    # that input), which saves an allocation per activation.
+    inplace: set[fx.Node] = field(default_factory=set)
+    # Values the LRP rules read in the backward walk (inputs of layers, pools, adds, reshapes); the forward may
+    # drop every other value as soon as its consumers ran, so the allocator reuses that memory (page faults on
+    # fresh memory otherwise make the forward about twice as slow on CPU).
+    keep: set[fx.Node] = field(default_factory=set)
+    remaining_users: dict[fx.Node, int] = field(default_factory=dict)
+
+    def checkpoints(self) -> list[fx.Node]:
+        """Nodes through which the whole relevance must pass (paper Fig. 7 and the Conservation page)."""
+        points = [self.output]
+        if self.classifier_input is not None:
+            points.append(self.classifier_input)
+        for res in sorted(self.residuals.values(), key=lambda r: -r.index):
+            points += [res.node, res.block_input]
+        points.append(self.nodes[0])
+        seen: list[fx.Node] = []
+        for p in points:
+            if p not in seen:
+                seen.append(p)
+        return seen
+
+    def blocks_before(self, node: fx.Node) -> int:
+        """How many residual blocks end before this node (for the paper's App. D.3 'mixture' composite)."""
+        pos = self._pos[node]
+        return sum(1 for r in self.residuals.values() if self._pos[r.node] < pos)
+
+    @property
+    def _pos(self) -> dict[fx.Node, int]:
+        cached = getattr(self, "_pos_cache", None)
+        if cached is None:
+            cached = {n: i for i, n in enumerate(self.nodes)}
+            self._pos_cache = cached
+        return cached
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, PropGraph] = weakref.WeakKeyDictionary()
+
+
+def _classify(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The node's role, or None when it is not a propagation op (raised by the caller if it carries data)."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if isinstance(m, nn.Conv2d):
+            return "conv"
+        if isinstance(m, nn.Linear):
+            return "linear"
+        if isinstance(m, BN_MODULES):
+            return "bn"
+        if isinstance(m, ACT_MODULES):
+            return "act"
+        if isinstance(m, PASS_MODULES) or type(m).__name__ in ("DropPath", "Identity"):
+            return "pass"
+        if isinstance(m, nn.MaxPool2d):
+            return "maxpool"
+        if isinstance(m, AVGPOOL_MODULES):
+            return "avgpool"
+        if isinstance(m, nn.Flatten):
+            return "reshape"
+        return None
+    if node.op == "call_function":
+        t = node.target
+        if t in ADD_FUNCTIONS:
+            return "add"
+        if t is F.batch_norm:
+            return "bn"
+        if t in ACT_FUNCTIONS:
+            return "act"
+        if t in PASS_FUNCTIONS:
+            return "pass"
+        if t in RESHAPE_FUNCTIONS:
+            return "reshape"
+        if t in AVGPOOL_FUNCTIONS:
+            return "avgpool"
+        if t is F.max_pool2d:
+            return "maxpool"
+        if t is torch.mean:
+            return "mean"
+        return None
+    if node.op == "call_method":
+        if node.target in RESHAPE_METHODS:
+            return "reshape"
+        if node.target in PASS_METHODS:
+            return "pass"
+        if node.target in ACT_METHODS:
+            return "act"
+        if node.target == "mean":
+            return "mean"
+        return None
+    return None
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"{type(gm.get_submodule(str(node.target))).__name__} ({node.target})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{node.op} {target} ({node.name})"
+
+
+def _is_data(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1
+
+
+def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | None = None) -> PropGraph:
+    """Trace and classify ``model`` once (cached per model object).
+
+    ``example``: an input to probe which nodes carry tensors (default: a random 1x3x64x64; give the real
+    input for models with a fixed input size, such as ViTs)."""
+    cached = _CACHE.get(model)
+    if cached is not None:
+        return cached
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: this model is not supported
+        raise UnsupportedOperation(f"{model_name or type(model).__name__} cannot be traced for relevance "
+                                   f"propagation ({type(exc).__name__}: {exc}).") from exc
+    # Which nodes carry activations: run a tiny probe forward (shapes only matter for classification).
+    probe = _probe_values(gm, model, example)
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    data: set[fx.Node] = {placeholder}
+    kinds: dict[fx.Node, str] = {}
+    nodes: list[fx.Node] = []
+    data_inputs: dict[fx.Node, list[fx.Node]] = {}
+    output = None
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            output = node.args[0]
+            continue
+        if node is not placeholder:
+            ins = [a for a in node.all_input_nodes if a in data]
+            if not ins or not _is_data(probe.get(node)):
+                continue
+            data.add(node)
+            data_inputs[node] = ins
+        else:
+            data_inputs[node] = []
+        kind = _classify(gm, node)
+        if kind is None:
+            raise UnsupportedOperation(
+                f"Relevance propagation has no rule for {_describe(gm, node)} in {model_name or type(model).__name__}."
+            )
+        if kind not in ("add",) and len(data_inputs[node]) > 1:
+            raise UnsupportedOperation(f"{_describe(gm, node)} in {model_name} combines several activations; "
+                                       "no propagation rule covers that.")
+        kinds[node] = kind
+        nodes.append(node)
+    if not isinstance(output, fx.Node) or output not in data:
+        raise UnsupportedOperation(f"{model_name}: the model output is not a single tensor.")
+    graph = PropGraph(module=gm, model_name=model_name or type(model).__name__, nodes=nodes, kind=kinds,
+                      data_inputs=data_inputs, output=output)
+    _analyse(graph)
+    _CACHE[model] = graph
+    return graph
+
+
+@torch.no_grad()
+def _probe_values(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor | None) -> dict[fx.Node, Any]:
+    """Evaluate every node on a small input, to know which nodes carry tensors."""
+    p = next(model.parameters())
+    was_training = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        x = example[:1] if example is not None else torch.randn(1, 3, 64, 64, dtype=p.dtype, device=p.device)
+        values: dict[fx.Node, Any] = {}
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                break
+            values[node] = run_node(gm, node, values, x)
+    finally:
+        for m, t in was_training:
+            m.training = t
+    return values
+
+
+def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], x: torch.Tensor,
+             inplace: bool = False) -> Any:
+    """Evaluate one node from the values of its inputs; in-place activations run out of place so
+    the engine keeps every pre-activation tensor intact, unless ``inplace`` says nobody needs it."""
+    if node.op == "placeholder":
+        return x
+    if node.op == "get_attr":
+        obj: Any = gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+    args = fx.node.map_arg(node.args, lambda n: env[n])
+    kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: env[n]))
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if isinstance(m, nn.ReLU):
+            return torch.relu_(args[0]) if inplace else torch.relu(args[0])
+        if isinstance(m, nn.ReLU6):
+            return F.hardtanh_(args[0], 0.0, 6.0) if inplace else F.relu6(args[0])
+        return m(*args, **kwargs)
+    if node.op == "call_function":
+        if "inplace" in kwargs:
+            kwargs["inplace"] = False
+        if node.target is operator.iadd:
+            return operator.add(*args)
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, str(node.target))(*rest, **kwargs)
+    raise UnsupportedOperation(f"unexpected fx node {node.op}")
+
+
+def _ancestors(graph: PropGraph) -> dict[fx.Node, set[fx.Node]]:
+    anc: dict[fx.Node, set[fx.Node]] = {}
+    for node in graph.nodes:
+        s = {node}
+        for i in graph.data_inputs[node]:
+            s |= anc[i]
+        anc[node] = s
+    return anc
+
+
+def _analyse(graph: PropGraph) -> None:
+    """Find residual junctions (skip vs main), BN-after-linear pairs, the first layer and the classifier input."""
+    gm = graph.module
+    users = {n: [u for u in n.users if u in graph.kind] for n in graph.nodes}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            graph.names[n] = str(n.target)
+        else:
+            graph.names[n] = n.name
+    pos = {n: i for i, n in enumerate(graph.nodes)}
+    anc = _ancestors(graph)
+    adds = [n for n in graph.nodes if graph.kind[n] == "add" and len(graph.data_inputs[n]) == 2]
+    for index, node in enumerate(adds):
+        a, b = graph.data_inputs[node]
+        common = anc[a] & anc[b]
+        block_in = max(common, key=lambda n: pos[n])
+        only_a, only_b = anc[a] - anc[block_in], anc[b] - anc[block_in]
+        skip, main, skip_nodes, main_nodes = (a, b, only_a, only_b) if len(only_a) <= len(only_b) else \
+            (b, a, only_b, only_a)
+        identity = all(graph.kind[n] == "pass" for n in skip_nodes)
+        prefixes = [str(n.target).split(".") for n in main_nodes if n.op == "call_module"]
+        common_prefix: list[str] = []
+        if prefixes:
+            for parts in zip(*prefixes):
+                if len(set(parts)) != 1:
+                    break
+                common_prefix.append(parts[0])
+        name = ".".join(common_prefix) or node.name
+        graph.residuals[node] = Residual(node=node, name=name, skip=skip, main=main, block_input=block_in,
+                                         identity=identity, index=index)
+        graph.names[node] = f"{name} (add)"
+    relu_modules = (nn.ReLU, nn.ReLU6)
+    for node in graph.nodes:
+        graph.remaining_users[node] = len(users[node])
+        if graph.kind[node] in ("conv", "linear", "add", "maxpool", "avgpool", "mean", "reshape"):
+            graph.keep.update(graph.data_inputs[node])
+    graph.keep.add(graph.output)
+    for node in graph.nodes:
+        kind = graph.kind[node]
+        ins = graph.data_inputs[node]
+        relu = (node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), relu_modules)) or \
+            (node.op == "call_function" and node.target in (F.relu, F.relu6, torch.relu)) or \
+            (node.op == "call_method" and node.target == "relu")
+        if relu and node.op == "call_module" and ins and users[ins[0]] == [node] and \
+                graph.kind[ins[0]] in ("bn", "conv", "linear") and ins[0].op == "call_module":
+            graph.inplace.add(node)
+        if relu or (kind in ("pass", "reshape", "maxpool", "avgpool", "mean") and ins and ins[0] in graph.nonneg):
+            graph.nonneg.add(node)
+        if kind == "bn":
+            src = graph.data_inputs[node][0]
+            if graph.kind[src] in ("conv", "linear") and users[src] == [node]:
+                graph.merged_bn[src] = node
+        if kind in ("conv", "linear") and graph.first_layer is None:
+            graph.first_layer = node
+        if kind == "linear" and graph.classifier_input is None:
+            graph.classifier_input = graph.data_inputs[node][0]
+    del gm
+
+
+def batch_norm_params(graph: PropGraph, node: fx.Node, env: dict[fx.Node, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm node, module or functional: y = x * scale + shift."""
+    if node.op == "call_module":
+        m = graph.module.get_submodule(str(node.target))
+        mean, var, weight, bias, eps = m.running_mean, m.running_var, m.weight, m.bias, m.eps
+    else:
+        names = ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
+        vals = dict(zip(names, fx.node.map_arg(node.args, lambda n: env.get(n)), strict=False))
+        vals.update(fx.node.map_arg(node.kwargs, lambda n: env.get(n)))
+        mean, var, weight, bias, eps = (vals["running_mean"], vals["running_var"], vals.get("weight"),
+                                        vals.get("bias"), vals.get("eps", 1e-5))
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift

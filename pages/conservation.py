@@ -1,0 +1,116 @@
+"""Conservation: where relevance goes during propagation (resnet-lrp paper Sec. 4.3-4.4, Fig. 7).
+
+1. Relevance total at every node from output to input, checkpoints highlighted, start value as reference.
+2. For residual models, the share each block sends through its skip connection vs its main branch.
+3. Fig. 7: input / first-block / last-block totals against the predicted probability over the gallery
+   (and this session's uploads); points lie on y = x when conservation holds.
+The numbers come from the engine's trace (``Explanation.trace``); this page only renders them.
+"""
+
+import json
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from explainers import METHODS, get_method, methods_for
+from explainers.images import image_hash
+from explainers.propagation import PropagationTrace
+from pages import common
+
+ctx = common.require_context()
+bundle = ctx.bundle
+
+st.title("Conservation")
+st.caption("Relevance propagation should neither create nor lose relevance: the total at each checkpoint "
+           "(network input, each residual block's input and output, the classifier input) should equal the "
+           "relevance placed at the output.")
+if not bundle.trained:
+    st.warning(f"{bundle.label}: random weights. These totals describe an untrained network.",
+               icon=":material/science:")
+
+ids = [m.id for m in methods_for(bundle.family) if m.family == "lrp"]
+if not ids:
+    st.info(f"No propagation method supports {bundle.family} models yet.")
+    st.stop()
+method = st.selectbox("Method", ids, index=ids.index("resnet-lrp") if "resnet-lrp" in ids else 0,
+                      key="conservation_method", format_func=lambda m: METHODS[m].name)
+spec = get_method(method)
+with st.expander("Method options", expanded=False):
+    options = common.option_widgets(spec, "conservation")
+
+try:
+    res = common.explanation(ctx, method, options)
+except Exception as exc:  # noqa: BLE001 - shown as a friendly message; the page stays usable
+    common.show_error(exc)
+    st.stop()
+trace: PropagationTrace = res.trace
+
+# --------------------------------------------------------------------------- 1. totals per node
+st.subheader("Relevance total at every node")
+names = [n.name for n in trace.nodes]
+totals = [n.total for n in trace.nodes]
+fig = go.Figure()
+fig.add_trace(go.Scatter(x=list(range(len(names))), y=totals, mode="lines", name="total", text=names,
+                         hovertemplate="%{text}<br>%{y:.6g}<extra></extra>"))
+cp = [(i, n) for i, n in enumerate(trace.nodes) if n.checkpoint]
+fig.add_trace(go.Scatter(x=[i for i, _ in cp], y=[n.total for _, n in cp], mode="markers", name="checkpoint",
+                         marker={"size": 9, "color": "crimson"}, text=[n.name for _, n in cp],
+                         hovertemplate="%{text}<br>%{y:.6g}<extra></extra>"))
+fig.add_hline(y=trace.start, line_dash="dash", annotation_text=f"start {trace.start:.4g}")
+fig.update_layout(xaxis_title="node (output → input)", yaxis_title="relevance total", height=380,
+                  margin={"t": 30, "b": 40})
+st.plotly_chart(fig, key="conservation_nodes")
+st.dataframe(
+    [{"checkpoint": name, "total": total, "relative error": err} for name, total, err in trace.checkpoint_errors()],
+    hide_index=True,
+)
+
+# --------------------------------------------------------------------------- 2. skip vs main per block
+if trace.blocks:
+    st.subheader("Skip vs main branch, per residual block")
+    blocks = [b.name + (" (id)" if b.identity else " (proj)") for b in trace.blocks]
+    bar = go.Figure()
+    bar.add_trace(go.Bar(x=blocks, y=[b.skip for b in trace.blocks], name="skip connection"))
+    bar.add_trace(go.Bar(x=blocks, y=[b.main for b in trace.blocks], name="main branch"))
+    bar.update_layout(barmode="stack", yaxis_title="relevance", height=360, margin={"t": 30, "b": 40})
+    st.plotly_chart(bar, key="conservation_blocks")
+    st.caption("'id' = identity skip, 'proj' = projection (downsample) skip. Try residual = symmetric / ratio and "
+               "include identity on / off in the method options (paper Table 2, rows i-iv).")
+else:
+    st.caption("This model has no residual blocks.")
+
+# --------------------------------------------------------------------------- 3. Fig. 7 over the gallery
+st.subheader("Conservation over images (paper Fig. 7)")
+st.caption("Start = predicted probability of each image's top class; totals at the input, the first residual "
+           "block's input and the last block's input. On y = x, relevance is conserved.")
+sweep_opts = dict(options)
+if any(o.name == "start" for o in spec.options):
+    sweep_opts["start"] = "probability"
+compute, _ = spec.split_options(sweep_opts)
+items = common.gallery_images() + list(common.session_uploads().values())
+points = []
+progress = st.progress(0.0, text="Propagating over the gallery ...")
+for i, (name, data) in enumerate(items):
+    progress.progress(i / len(items), text=f"{name} ({i + 1}/{len(items)})")
+    try:
+        image = common.decode(data, name)
+        x = bundle.preprocess(image)
+        top = bundle.topk(x, 1)[0][0]
+        r = common.cached_explanation(image_hash(data), ctx.model_key, method, top,
+                                      json.dumps(compute, sort_keys=True), _bundle=bundle, _x=x)
+    except Exception as exc:  # noqa: BLE001 - one bad image does not stop the sweep
+        common.show_error(exc)
+        continue
+    t: PropagationTrace = r.trace
+    points.append((name, r.score, t.total_at("input"), t.total_at("first_block"), t.total_at("last_block")))
+progress.empty()
+scatter = go.Figure()
+for col, label in ((2, "input"), (3, "first block input"), (4, "last block input")):
+    pts = [p for p in points if p[col] == p[col]]  # drop NaN (no residual blocks)
+    if pts:
+        scatter.add_trace(go.Scatter(x=[p[1] for p in pts], y=[p[col] for p in pts], mode="markers", name=label,
+                                     text=[p[0] for p in pts], hovertemplate="%{text}<br>p=%{x:.4f}, R=%{y:.4f}"))
+scatter.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="y = x", line={"dash": "dot", "color": "gray"}))
+scatter.update_layout(xaxis_title="predicted probability", yaxis_title="relevance total", height=420,
+                      margin={"t": 30, "b": 40})
+st.plotly_chart(scatter, key="conservation_fig7")

@@ -1,0 +1,154 @@
+"""Failure review (resnet-lrp App. D.4): rank images by ID score, look at the worst, label them IA / OA / WA."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from explainers import METHODS, ExplainerError, methods_for, render
+from explainers.failures import CATEGORIES, PAPER_THRESHOLD, TriageSettings, resuggest, table_d, triage
+from explainers.images import load_image
+from explainers.progress import progress_callback
+from explainers.quality import quality_images
+from explainers.store import Store
+from pages import common
+
+LABEL_CHOICES = {"IA": "IA: Insufficiently Attended", "OA": "OA: Over-Attended", "WA": "WA: Wrongly Attended",
+                 "none": "not a failure"}
+
+ctx = common.require_context()
+bundle = ctx.bundle
+st.title("Failure review")
+st.caption("resnet-lrp App. D.4: a map fails when its ID score (Insertion - Deletion) is not above the best "
+           f"baseline's, {PAPER_THRESHOLD} there. Suggested categories come from the attributed area "
+           "(pixels above half the map's maximum); you decide.")
+
+
+@st.cache_resource
+def store() -> Store:
+    return Store()
+
+
+def run_triage(key: tuple, images: list[tuple[str, bytes]], method: str, options: dict, settings: TriageSettings):
+    """Triage results for this exact selection, kept in the session (the last 4) so moving
+    between images or labelling never recomputes; a progress bar while it runs."""
+    cache = st.session_state.setdefault("fr_cache", {})
+    if key not in cache:
+        bar = st.progress(0.0, text="Explaining and scoring ...")
+        with progress_callback(lambda f, text: bar.progress(f, text=f"Explaining and scoring {text}")):
+            cache[key] = triage(bundle, images, method, options, settings)
+        bar.empty()
+        while len(cache) > 4:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+methods = [m.id for m in methods_for(bundle.family)]
+c1, c2 = st.columns([1, 2])
+method = c1.selectbox("Method", methods, key="fr_method", format_func=lambda m: METHODS[m].name)
+source = c2.radio("Images", ["Gallery", "Uploads in this session", "Folder"], horizontal=True, key="fr_source")
+with st.expander("Method options and thresholds"):
+    options = common.option_widgets(METHODS[method], "fr")
+    t1, t2, t3 = st.columns(3)
+    threshold = t1.number_input("ID threshold (failure when ID <= this)", -1.0, 1.0, PAPER_THRESHOLD, 0.01,
+                                key="fr_threshold")
+    small = t2.slider("IA: attributed area below", 0.0, 1.0, 0.10, 0.01, key="fr_small")
+    large = t3.slider("OA: attributed area above", 0.0, 1.0, 0.50, 0.01, key="fr_large")
+
+try:
+    if source == "Gallery":
+        images = common.gallery_images()
+    elif source == "Uploads in this session":
+        images = list(common.session_uploads().values())
+    else:
+        folder = st.text_input("Folder with images", key="fr_folder", placeholder="/path/to/images")
+        images = quality_images(Path(folder).expanduser(), limit=200) if folder.strip() else []
+except (ExplainerError, OSError) as exc:
+    common.show_error(exc)
+    st.stop()
+if not images:
+    st.info("No images in this set yet: upload some in the sidebar, or type a folder.")
+    st.stop()
+
+settings = TriageSettings(threshold=threshold, small_area=small, large_area=large)
+# Thresholds only change the suggestions (resuggest), so they are not part of the key.
+key = (ctx.model_key, method, json.dumps(options, sort_keys=True), settings.pixels_per_step, settings.ties,
+       tuple(common.image_hash(d) for _, d in images))
+clicked = st.button(f"Review {len(images)} images with {METHODS[method].name}", key="fr_run", type="primary")
+if not clicked and key not in st.session_state.get("fr_cache", {}):
+    st.stop()
+compute, _ = METHODS[method].split_options(options)
+try:
+    items = resuggest(run_triage(key, images, method, options, settings), settings)
+except ExplainerError as exc:
+    common.show_error(exc)
+    st.stop()
+
+db = store()
+model_name = bundle.label
+labels = {(lab.image_hash, lab.target): lab for lab in db.current_labels(model=model_name, method=method)
+          if lab.options == json.dumps(compute, sort_keys=True, separators=(",", ":"))}
+table = pd.DataFrame([{**it.row(), "label": labels.get((it.image_hash, it.target)).label
+                       if (it.image_hash, it.target) in labels else ""} for it in items])
+n_fail = int(table["failure"].sum())
+st.subheader(f"{n_fail} of {len(items)} maps fail (ID <= {threshold:.3f})")
+st.dataframe(table[["name", "target_name", "id_score", "insertion", "deletion", "attributed_area", "failure",
+                    "suggestion", "label"]], hide_index=True, width="stretch",
+             column_config={"id_score": st.column_config.NumberColumn("ID", format="%.3f"),
+                            "attributed_area": st.column_config.NumberColumn("area", format="%.2f")})
+
+names = [f"{it.name} · ID {it.id_score:.3f}" + (" · FAIL" if it.failure else "") for it in items]
+pick = st.selectbox("Inspect", range(len(items)), key="fr_pick", format_func=lambda i: names[i])
+item = items[pick]
+raw_images = dict((common.image_hash(d), (n, d)) for n, d in images)
+name, data = raw_images[item.image_hash]
+shown = bundle.to_tensor01(load_image(data, name=name)).permute(1, 2, 0).mul(255).round().byte().numpy()
+spec = METHODS[method]
+col_a, col_b, col_c = st.columns([1, 1, 2])
+col_a.image(shown, caption=f"{name}: {item.target_name} ({item.score:.1%})", width="stretch")
+col_b.image(render.overlay(shown, spec.display_map(item.attribution, options), 0.5, signed=spec.signed),
+            caption=spec.name, width="stretch")
+fig = go.Figure()
+fig.add_scatter(x=item.fractions.numpy(), y=item.insertion_curve.numpy(), name=f"insertion {item.insertion:.3f}")
+fig.add_scatter(x=item.fractions.numpy(), y=item.deletion_curve.numpy(), name=f"deletion {item.deletion:.3f}")
+fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title=f"ID = {item.id_score:.3f}",
+                  xaxis_title="fraction of pixels", yaxis_title="p(class)")
+col_c.plotly_chart(fig, width="stretch")
+
+if item.failure:
+    st.warning(f"Suggested: **{item.suggestion} ({CATEGORIES[item.suggestion]})**. {item.reason}")
+else:
+    st.success(item.reason)
+current = labels.get((item.image_hash, item.target))
+if current:
+    st.info(f"Current label: **{LABEL_CHOICES[current.label]}** by {current.who or 'someone'}"
+            + (f" — {current.note}" if current.note else ""), icon=":material/label:")
+
+with st.form(key=f"fr_label_{item.image_hash}_{item.target}"):
+    choice = st.radio("Label", list(LABEL_CHOICES), horizontal=True, format_func=LABEL_CHOICES.get,
+                      index=list(LABEL_CHOICES).index(current.label if current else
+                                                      (item.suggestion if item.failure else "none")))
+    note = st.text_input("Note", value=current.note if current else "")
+    who = st.text_input("Your name", value=st.session_state.get("fr_who", getpass.getuser()))
+    if st.form_submit_button("Save label"):
+        st.session_state["fr_who"] = who
+        db.add_label(item.image_hash, model_name, method, item.target, choice, note=note, who=who, options=compute)
+        db.put_results(item.image_hash, model_name, method, compute,
+                       {"insertion": item.insertion, "deletion": item.deletion, "id": item.id_score,
+                        "attributed_area": item.attributed_area}, image_name=item.name)
+        st.rerun()
+
+st.subheader("Summary (as the paper's Table D)")
+all_labels = db.current_labels(model=model_name)
+counts = table_d(all_labels)
+if counts:
+    st.dataframe(pd.DataFrame(counts).T.rename_axis("method"), width="stretch")
+    st.download_button("Export all labels with metrics (CSV)", db.labels_csv(model=model_name),
+                       file_name="failure_labels.csv", mime="text/csv", key="fr_csv")
+else:
+    st.caption("No labels yet.")

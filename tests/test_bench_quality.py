@@ -1,0 +1,80 @@
+"""``bench quality``: values per image and method, stored in SQLite; an interrupted run resumes."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from explainers import quality
+from explainers.cli import main
+from explainers.images import GALLERY
+from explainers.store import Store
+
+FAST = quality.Settings(pixels_per_step=5000, batch_size=16)  # 11 curve points instead of 101, for CI
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = quality.evaluate
+
+    def wrapper(*args, **kwargs):
+        calls.append((args[2], tuple(args[4])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "evaluate", wrapper)
+    return calls
+
+
+def test_resume_after_interruption_recomputes_nothing_finished(lite0, tmp_path, counted):
+    store = Store(tmp_path / "q.sqlite")
+    images = quality.quality_images("gallery", limit=2)
+    metrics = ["insdel", "insdel-strict", "sparseness"]
+
+    def interrupt(row):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first item was stored
+
+    with pytest.raises(KeyboardInterrupt):
+        quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store, on_row=interrupt)
+    assert len(counted) == 1
+    rows = quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store)
+    assert len(counted) == 2  # only the second image was computed
+    assert [r.cached for r in rows] == [True, False]
+    again = quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store)
+    assert len(counted) == 2 and all(r.cached for r in again)  # a rerun is instant
+    assert [r.values for r in again] == [r.values for r in rows]
+    v = rows[0].values
+    assert set(v) == {"insertion", "deletion", "id", "insertion_strict", "deletion_strict", "id_strict", "sparseness"}
+    assert v["id"] == pytest.approx(v["insertion"] - v["deletion"])
+    # Grad-CAM maps hold ties, so the strict protocol is computed, not copied
+    assert v["insertion_strict"] != v["insertion"]
+    # a new metric only computes that metric
+    quality.run_quality(lite0, images[:1], ["gradcam"], ["sparseness", "fidelity"],
+                        quality.Settings(fidelity_runs=8, batch_size=16), store)
+    assert counted[-1] == ("gradcam", ("fidelity",))
+    table = quality.markdown(again, "lite0", "cpu")
+    assert "| gradcam |" in table and "±" in table
+
+
+def test_cli_bench_quality_writes_tables_and_resumes(lite0, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in ("coffee", "rocket"):
+        (folder / f"{k}.png").write_bytes(GALLERY[k].png_bytes())
+    db, out = tmp_path / "cli.sqlite", tmp_path / "results.csv"
+    argv = ["bench", "quality", "--images", str(folder), "--model", "efficientnet_lite0", "--methods", "gradcam",
+            "--limit", "1", "--metrics", "sparseness", "--device", "cpu", "--db", str(db), "--out", str(out)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "| method | sparseness |" in first and "0 read from" in first
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["image"] == "coffee.png" and 0 <= float(rows[0]["sparseness"]) <= 1
+    with open(quality.summary_path(out)) as fh:
+        summary = list(csv.DictReader(fh))
+    assert summary[0]["method"] == "gradcam" and summary[0]["metric"] == "sparseness"
+    assert main(argv) == 0
+    assert "1 read from" in capsys.readouterr().out
+    assert main([*argv[:-6], "--metrics", "nope", "--db", str(db)]) == 2
+    assert "Unknown metric" in capsys.readouterr().err

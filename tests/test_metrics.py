@@ -1,0 +1,275 @@
+"""Metrics: toy models with known answers, quantus cross-checks, and the heat-quantization tie artifact."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from explainers.metrics import (
+    attribution_localisation,
+    auc,
+    box_mask,
+    contrastiveness,
+    dilate,
+    fidelity,
+    focus,
+    insertion_deletion,
+    insertion_deletion_curves,
+    local_consistency,
+    pointing_game,
+    quadrant_masks,
+    schedule,
+    scoring_map,
+    sparseness,
+    stability,
+)
+
+
+class RegionMean(torch.nn.Module):
+    """Logit of class 0 = 10 x mean of a known region; class 1 = 0: the region is all that matters."""
+
+    def __init__(self, rows: slice, cols: slice):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = 10 * x[:, :, self.rows, self.cols].mean((1, 2, 3))
+        return torch.stack([v, torch.zeros_like(v)], 1)
+
+
+def heat_quantize(attribution: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """resnet-lrp Eq. 8: Delta = (max - min) / Q, A_q = min + floor((A - min) / Delta) Delta, max in the top bin.
+
+    The project's own implementation (explainers/quantize.py, written with LRP) is used when present.
+    """
+    if importlib.util.find_spec("explainers.quantize") is not None:
+        from explainers.quantize import heat_quantize as hq
+
+        return hq(attribution, bins)
+    lo, hi = attribution.min(), attribution.max()
+    delta = (hi - lo) / bins
+    level = torch.floor((attribution - lo) / delta).clamp(max=bins - 1)
+    return lo + level * delta
+
+
+# --------------------------------------------------------------------------- insertion / deletion
+
+
+def test_schedule_matches_authors_code():
+    counts = schedule(224 * 224, 500)
+    assert counts.numel() == 101 and counts[0] == 500 and counts[-1] == 224 * 224
+    assert torch.allclose(auc(torch.ones(3, 11)), torch.ones(3))
+    # (sum - a0/2 - a_end/2) / (n - 1), as patch_insdel.py
+    y = torch.rand(7)
+    assert torch.isclose(auc(y), (y.sum() - y[0] / 2 - y[-1] / 2) / 6)
+
+
+def test_region_first_map_beats_its_reverse_and_protocols_agree_without_ties():
+    model = RegionMean(slice(0, 8), slice(0, 8))
+    x = torch.full((1, 3, 16, 16), 1.0)
+    gen = torch.Generator().manual_seed(0)
+    good = torch.rand(16, 16, generator=gen)
+    good[:8, :8] += 2.0  # the region ranks first; all values distinct
+    kwargs = dict(pixels_per_step=16)
+    fwd = insertion_deletion_curves(model, x, good[None], [0], **kwargs)
+    rev = insertion_deletion_curves(model, x, -good[None], [0], **kwargs)
+    assert float(fwd.id_score[0]) > float(rev.id_score[0]) + 0.3
+    assert float(fwd.insertion_auc[0]) > float(rev.insertion_auc[0])
+    assert float(fwd.deletion_auc[0]) < float(rev.deletion_auc[0])
+    strict = insertion_deletion_curves(model, x, good[None], [0], ties="strict", **kwargs)
+    assert torch.allclose(strict.insertion, fwd.insertion) and torch.allclose(strict.deletion, fwd.deletion)
+    # batched = one by one; blurred start runs too
+    both = insertion_deletion_curves(model, x.repeat(2, 1, 1, 1), torch.stack([good, -good]), [0, 0], **kwargs)
+    assert torch.allclose(both.id_score, torch.cat([fwd.id_score, rev.id_score]))
+    blurred = insertion_deletion_curves(model, x, good[None], [0], start="blurred", **kwargs)
+    assert blurred.insertion.shape == fwd.insertion.shape
+
+
+def test_together_inserts_ties_at_once_strict_does_not():
+    model = RegionMean(slice(0, 8), slice(0, 8))
+    x = torch.ones(1, 3, 16, 16)
+    tied = torch.zeros(16, 16)
+    tied[8:, 8:] = 1.0  # region of the model sits in the big tie at 0
+    together = insertion_deletion_curves(model, x, tied[None], [0], pixels_per_step=16, ties="together")
+    strict = insertion_deletion_curves(model, x, tied[None], [0], pixels_per_step=16, ties="strict")
+    # after the 64 top pixels, 'together' shows the whole image at once
+    assert torch.allclose(together.insertion[0, 4:], together.insertion[0, -1].expand(12))
+    assert float(together.insertion_auc[0]) > float(strict.insertion_auc[0])
+
+
+def test_heat_quantized_lite0_map_together_inflates_insertion(lite0, gallery_x):
+    """The tie artifact is real on a real model: 'together' > 'strict' Insertion after 8-level quantization.
+
+    The map is lite0's gradient x input (channel sum), heavy-tailed like the LRP maps heat
+    quantization was designed for, so most pixels fall into the lowest level.
+    """
+    x = gallery_x["chelsea"].clone().requires_grad_(True)
+    logits = lite0.model(x)
+    target = int(logits.argmax())
+    (grad,) = torch.autograd.grad(logits[0, target], x)
+    raw = (x * grad).sum(1)[0].detach()
+    quantized = heat_quantize(raw, 8)
+    lowest = (quantized == quantized.min()).float().mean()
+    share = torch.stack([(quantized == v).float().mean() for v in quantized.unique()]).max()
+    x = x.detach()
+    kw = dict(pixels_per_step=2500, raw=raw[None], batch_size=16)
+    together = insertion_deletion(lite0, x, quantized[None], [target], ties="together", **kw)
+    strict = insertion_deletion(lite0, x, quantized[None], [target], ties="strict", **kw)
+    print(f"largest level holds {float(share):.2f} of the pixels (lowest {float(lowest):.2f}); "
+          f"insertion together {float(together.insertion_auc[0]):.3f} strict {float(strict.insertion_auc[0]):.3f}; "
+          f"deletion together {float(together.deletion_auc[0]):.3f} strict {float(strict.deletion_auc[0]):.3f}")
+    assert share > 0.5  # most pixels share one level
+    assert float(together.insertion_auc[0]) > float(strict.insertion_auc[0]) + 0.05
+
+
+# --------------------------------------------------------------------------- localisation, sparseness
+
+
+def _random_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = (rng.random((4, 1, 32, 32)) - 0.3).astype(np.float32)
+    x = rng.random((4, 3, 32, 32)).astype(np.float32)
+    s = np.zeros((4, 1, 32, 32), np.float32)
+    s[0, :, 2:10, 3:12] = 1
+    s[1, :, 20:30, 20:31] = 1
+    s[2, :, 0:32, 0:5] = 1
+    s[3, :, 12:14, 12:14] = 1
+    a[1, 0, 25, 25] = 5.0  # a clear hit
+    a[3, 0, 0, 31] = 5.0  # a clear miss, far from the 2x2 mask
+    return a, x, s
+
+
+def test_pointing_game_equals_quantus_with_dilated_mask():
+    quantus = pytest.importorskip("quantus")
+    a, x, s = _random_case()
+    tol = 3
+    ours = pointing_game(torch.from_numpy(a[:, 0]), torch.from_numpy(s[:, 0]).bool(), tolerance=tol)
+    grown = dilate(torch.from_numpy(s[:, 0]).bool(), tol).numpy()[:, None].astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.PointingGame(disable_warnings=True, normalise=False, abs=False)(
+            model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a.copy(), s_batch=grown)
+    assert ours.tolist() == [float(t) for t in theirs]
+    assert ours[1] == 1.0 and ours[3] == 0.0
+    # tolerance 15 px: a maximum 10 px off the box still counts
+    m = torch.zeros(64, 64)
+    m[35, 40] = 1  # 6 px below and 11 px right of the box: 12.5 px away
+    assert pointing_game(m[None], box_mask((10, 10, 30, 30), 64, 64), tolerance=15)[0] == 1.0
+    assert pointing_game(m[None], box_mask((10, 10, 30, 30), 64, 64), tolerance=5)[0] == 0.0
+
+
+def test_attribution_localisation_equals_quantus():
+    quantus = pytest.importorskip("quantus")
+    a, x, s = _random_case(1)
+    ours = attribution_localisation(torch.from_numpy(a[:, 0]), torch.from_numpy(s[:, 0]).bool())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.AttributionLocalisation(disable_warnings=True, normalise=False, abs=False,
+                                                 positive_attributions=True)(
+            model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a.copy(), s_batch=s)
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs, dtype=np.float64), rtol=1e-5, atol=1e-6)
+
+
+def test_sparseness_equals_quantus_and_known_values():
+    quantus = pytest.importorskip("quantus")
+    a, x, _ = _random_case(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.Sparseness(disable_warnings=True, normalise=False, abs=True)(
+            model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a.copy())
+    ours = sparseness(torch.from_numpy(a[:, 0]).double(), eps=1e-7)
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-6, atol=1e-9)
+    one_hot = torch.zeros(1, 10, 10)
+    one_hot[0, 3, 3] = 1
+    assert torch.isclose(sparseness(one_hot)[0], torch.tensor(0.99))  # (d - 1) / d
+    assert torch.isclose(sparseness(torch.ones(1, 10, 10))[0], torch.tensor(0.0), atol=1e-6)
+
+
+def test_focus_equals_quantus_and_indicator_map_scores_one():
+    quantus = pytest.importorskip("quantus")
+    rng = np.random.default_rng(3)
+    a = (rng.random((3, 1, 32, 32)) - 0.4).astype(np.float32)
+    flags = [(1, 1, 0, 0), (0, 1, 0, 1), (1, 0, 0, 1)]
+    metric = quantus.Focus(disable_warnings=True, normalise=False, abs=False)
+    # quantus needs a model to run __call__; its batch step is the formula, so call it directly
+    theirs = metric.evaluate_batch(a_batch=a.copy(), c_batch=flags)
+    ours = focus(torch.from_numpy(a[:, 0]), flags)
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-5)
+    # a map that is 1 on the target quadrants (TL and BR) only has Focus 1
+    q = quadrant_masks(32, 32)
+    indicator = (q[0] | q[3]).float()
+    assert focus(indicator[None], (1, 0, 0, 1))[0] == pytest.approx(1.0)
+    assert focus(indicator[None], (0, 1, 1, 0))[0] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- GAE
+
+
+def test_contrastiveness_constant_map_is_zero_and_perfect_map_is_one():
+    probs = torch.zeros(10)
+    probs[[2, 5, 7, 9]] = torch.tensor([0.8, 0.05, 0.05, 0.1])
+    s = scoring_map(32, 32, positive=1, quadrant_classes=[5, 2, 7, 9], positive_probs=probs)
+    q = quadrant_masks(32, 32)
+    assert torch.all(s[q[1]] == 1.0)
+    assert torch.allclose(s[q[0]], torch.tensor(2 * 0.05 / 0.8 - 1))
+    assert contrastiveness(torch.ones(1, 32, 32), s)[0] == 0.0  # the paper's tables: constant maps score 0
+    assert contrastiveness(q[1].float()[None], s)[0] == pytest.approx(1.0)
+    assert contrastiveness(torch.zeros(1, 32, 32), s)[0] == 0.0
+    # a negative whose class is as likely as the positive's scores like the positive
+    same = scoring_map(32, 32, positive=0, quadrant_classes=[2, 2, 7, 9], positive_probs=probs)
+    assert torch.all(same[q[1]] == 1.0)
+
+
+def test_local_consistency_toy_model_symmetric_schedule():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.randn(2, 3, 16, 16)
+    seen = []
+
+    def input_x_gradient(inp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen.append(inp.detach().clone())
+        inp = inp.detach().requires_grad_(True)
+        out = model(inp).gather(1, targets[:, None]).sum()
+        (g,) = torch.autograd.grad(out, inp)
+        return (inp * g).sum(1).detach()
+
+    lc = local_consistency(model, input_x_gradient, x, [0, 1], steps=5)
+    assert lc.score.shape == (2,) and torch.all((lc.score >= 0) & (lc.score <= 1))
+    assert torch.all(lc.robustness.abs() <= 1 + 1e-6) and torch.all(lc.faithfulness.abs() <= 1 + 1e-6)
+    # MoRF and LeRF zero the same cumulative fraction t / T at every step (unlike the released code)
+    inputs = seen[0].reshape(2, 2, 5, 3, 16, 16)
+    zero_frac = (inputs == 0).flatten(3).float().mean(-1)
+    expected = torch.arange(5).float() / 5
+    assert torch.allclose(zero_frac, expected.expand(2, 2, 5), atol=1e-3)
+
+
+# --------------------------------------------------------------------------- fidelity, stability
+
+
+def test_fidelity_exact_contributions_correlate_perfectly():
+    torch.manual_seed(0)
+    w = torch.randn(3, 12, 12)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        v = (x * w).flatten(1).sum(1)
+        return torch.stack([v, -v], 1)
+
+    x = torch.randn(1, 3, 12, 12)
+    exact = (x[0] * w).sum(0)  # the logit drop of zeroing a subset is exactly its summed contribution
+    assert fidelity(linear, x, exact[None], [0], subset=20, runs=30)[0] == pytest.approx(1.0, abs=1e-5)
+    noise = torch.randn(12, 12)
+    assert fidelity(linear, x, noise[None], [0], subset=20, runs=30)[0] < 0.9
+
+
+def test_stability_of_a_constant_explainer_is_zero():
+    x = torch.randn(2, 3, 8, 8)
+    const = torch.rand(8, 8)
+    s = stability(lambda inp, t: const.expand(inp.shape[0], 8, 8), x, [0, 0], samples=3)
+    assert torch.allclose(s, torch.zeros(2))
+    s2 = stability(lambda inp, t: inp.sum(1), x, [0, 0], samples=3)
+    assert torch.all(s2 > 0)
