@@ -15,6 +15,7 @@ pointwise feature vectors) can have it.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,13 +153,14 @@ def clamped(weight: Tensor, positive: bool) -> Tensor:
     return out
 
 
-class LayerRule:
-    """Strategy for conv / linear layers: ``rule(layer, R_out) -> R_in``."""
+class LayerRule(abc.ABC):
+    """Strategy for conv / linear layers: ``rule(layer, R_out) -> R_in`` (abstract base)."""
 
     name = "rule"
 
+    @abc.abstractmethod
     def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Redistribute the layer output's relevance onto its input."""
 
 
 @dataclass
@@ -261,13 +263,14 @@ class ResidualContext:
     h_main: Tensor
 
 
-class ResidualRule:
-    """Strategy for ``h = h_s + h_m``: ``rule(ctx, R) -> (R_skip, R_main)``."""
+class ResidualRule(abc.ABC):
+    """Strategy for ``h = h_s + h_m``: ``rule(ctx, R) -> (R_skip, R_main)`` (abstract base)."""
 
     name = "residual"
 
+    @abc.abstractmethod
     def __call__(self, ctx: ResidualContext, R: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """Split the sum's relevance between the skip and the main branch."""
 
 
 @dataclass
