@@ -75,6 +75,7 @@ class MethodOutput:
     layers: list[list[tuple[str, float]]] | None = None  # per image
     trace: list[Any] | None = None  # per image
     extras: dict[str, Any] = field(default_factory=dict)
+    logits: torch.Tensor | None = None  # [B, classes] of the method's own forward pass (``own_forward`` methods)
 
 
 MethodFn = Callable[[ModelBundle, torch.Tensor, torch.Tensor, dict[str, Any]], MethodOutput]
@@ -94,6 +95,9 @@ class MethodSpec:
     # Display-time post-processing of a raw [H, W] map with the display options
     # (those with ``display=True``); never part of the relevance computation or its cache key.
     postprocess: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
+    # The function runs the model forward itself, accepts target -1 for "the predicted class" and returns
+    # its logits, so explain_batch skips its own forward pass (one forward less: the propagation methods).
+    own_forward: bool = False
 
     def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -171,17 +175,17 @@ class Explanation:
         return imagenet_class_names()[self.target]
 
 
-def _targets(bundle: ModelBundle, logits: torch.Tensor,
-             target: int | str | Sequence[int | str] | None) -> torch.Tensor:
-    n = logits.shape[0]
+def _requested_targets(bundle: ModelBundle, n: int,
+                       target: int | str | Sequence[int | str] | None) -> torch.Tensor:
+    """The requested class index per image; -1 where the predicted class is wanted."""
     if target is None:
-        return logits.argmax(-1)
+        return torch.full((n,), -1, dtype=torch.long)
     if isinstance(target, (int, str)):
         target = [target] * n
     if len(target) != n:
         raise UnknownClass(f"{len(target)} targets were given for {n} images.")
     resolved = [resolve_target(t, bundle.class_names) for t in target]
-    return torch.tensor([int(r) if r is not None else int(a) for r, a in zip(resolved, logits.argmax(-1))])
+    return torch.tensor([-1 if r is None else int(r) for r in resolved], dtype=torch.long)
 
 
 def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
@@ -203,12 +207,21 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
     x = x.to(bundle.device)
     if x.shape[0] == 1 and isinstance(target, (list, tuple)) and len(target) > 1:
         x = x.expand(len(target), -1, -1, -1).contiguous()
-    with bundle.lock, torch.no_grad():
-        probs = bundle.model(x).float().softmax(-1)
-    targets = _targets(bundle, probs, target).to(bundle.device)
-    start = time.perf_counter()
-    out = spec.fn(bundle, x, targets, opts)
-    seconds = (time.perf_counter() - start) / x.shape[0]
+    requested = _requested_targets(bundle, x.shape[0], target).to(bundle.device)
+    if spec.own_forward:
+        start = time.perf_counter()
+        out = spec.fn(bundle, x, requested, opts)
+        seconds = (time.perf_counter() - start) / x.shape[0]
+        if out.logits is None:
+            raise RuntimeError(f"{spec.id} is marked own_forward but returned no logits")
+        probs = out.logits.detach().float().softmax(-1)
+    else:
+        with bundle.lock, torch.no_grad():
+            probs = bundle.model(x).float().softmax(-1)
+        start = time.perf_counter()
+        out = spec.fn(bundle, x, torch.where(requested < 0, probs.argmax(-1), requested), opts)
+        seconds = (time.perf_counter() - start) / x.shape[0]
+    targets = torch.where(requested < 0, probs.argmax(-1), requested)
     attribution = out.attribution.detach().float().cpu()
     if not torch.isfinite(attribution).all():
         bad = int((~torch.isfinite(attribution)).sum())

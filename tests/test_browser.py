@@ -144,7 +144,7 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("this is a text file, not a picture")
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(fake))
-    page.get_by_text("is not an image we can read").wait_for()
+    page.get_by_text("is not an image we can read").first.wait_for()
     no_exception(page)
     page.screenshot(path=str(shots / "bad-upload.png"), full_page=True)
     page.get_by_text("Gallery", exact=True).click()

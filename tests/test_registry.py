@@ -60,6 +60,18 @@ def test_explain_defaults_to_prediction_and_reports_its_probability(lite0, galle
     assert res.method == "gradcam" and res.options["layer"] == "" and res.seconds > 0
 
 
+@pytest.mark.parametrize("method", ["gradcam", "resnet-lrp"])  # an extra forward, and the engine's own forward
+def test_predicted_and_named_targets_mix_in_one_batch(lite0, gallery_x, method):
+    x = torch.cat([gallery_x["chelsea"], gallery_x["coffee"]])
+    probs = lite0.predict(x)
+    maps = explain_batch(lite0, x, method)
+    assert [m.target for m in maps] == probs.argmax(-1).tolist()
+    assert [m.score for m in maps] == pytest.approx(probs.max(-1).values.tolist(), rel=1e-5)
+    named = explain_batch(lite0, x, method, target="tabby")
+    assert [m.target for m in named] == [281, 281]
+    assert named[1].score == pytest.approx(float(probs[1, 281]), rel=1e-5)
+
+
 def test_targets_by_name_and_several_targets_in_one_call(lite0, gallery_x):
     x = gallery_x["chelsea"]
     assert explain(lite0, x, "gradcam", target="espresso").target == 967

@@ -109,22 +109,25 @@ class Propagation:
         return [[(n, totals[i][b]) for i, n in enumerate(self.node_names)] for b in range(self.totals.shape[1])]
 
 
-def forward(graph: PropGraph, x: Tensor, inplace: bool = True) -> dict[fx.Node, Any]:
+def forward(graph: PropGraph, x: Tensor, inplace: bool = True,
+            keep: frozenset[fx.Node] = frozenset()) -> dict[fx.Node, Any]:
     """Run the traced model keeping the values the LRP rules need.
 
     ``inplace`` (the fast path): ReLUs whose input nobody else reads overwrite it, and values no rule reads
     are dropped once consumed.  Pass False to keep every value intact (rules such as SRD's that read
-    pre-activations or other nodes' values)."""
+    pre-activations or other nodes' values).  ``keep``: further values a rule set reads (``RuleSet.keeps``,
+    e.g. absLRP's layer outputs); they are neither dropped nor overwritten in place."""
     env: dict[fx.Node, Any] = {}
     left = dict(graph.remaining_users)
     for node in graph.module.graph.nodes:
         if node.op == "output":
             break
-        env[node] = run_node(graph.module, node, env, x, inplace and node in graph.inplace)
+        in_place = inplace and node in graph.inplace and not (keep and any(i in keep for i in graph.data_inputs[node]))
+        env[node] = run_node(graph.module, node, env, x, in_place)
         if inplace:
             for i in graph.data_inputs.get(node, ()):
                 left[i] -= 1
-                if left[i] == 0 and i not in graph.keep:
+                if left[i] == 0 and i not in graph.keep and i not in keep:
                     env[i] = None  # no rule reads it: let the allocator reuse the memory
     return env
 
@@ -135,14 +138,16 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
     """Propagate relevance from the output back to ``x`` (batched: one target per row of ``x``).
 
     ``start`` overrides the rule set's start relevance (a [B, classes] tensor); otherwise the
-    rule set places it at ``targets`` (argmax when None).  The model must be in eval mode; the
+    rule set places it at ``targets`` (argmax when None, or where a target is -1).  The model must be in eval mode; the
     caller holds the model lock (``model_guard``).
     """
     graph = build_graph(model, model_name, example=x)
-    env = forward(graph, x, inplace=not keep_activations)
+    env = forward(graph, x, inplace=not keep_activations, keep=rules.keeps(graph))
     logits = env[graph.output]
     if targets is None:
         targets = logits.argmax(-1)
+    elif bool((targets < 0).any()):  # -1: the predicted class (explain_batch's own_forward protocol)
+        targets = torch.where(targets < 0, logits.argmax(-1), targets.to(logits.device))
     r_out = start if start is not None else rules.start_relevance(logits, targets.to(logits.device))
     r_out = r_out.to(logits.dtype)
     checkpoints = set(graph.checkpoints())
@@ -174,6 +179,12 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
         op = OpContext(graph=graph, node=node, kind=kind, inputs=[env.get(i) for i in ins], env=env,
                        name=f"{graph.names[node]} in {graph.model_name}")
         outs = rules.backward(op, r)
+        for label, total in op.sinks:  # relevance a rule gave to a constant (a ViT's class token, position embedding)
+            sums.append(total)
+            names.append(label)
+            kinds.append("constant")
+            cps.append(False)
+            ids.append(node)
         res = graph.residuals.get(node)
         if res is not None:
             r_skip = outs[ins.index(res.skip)]
