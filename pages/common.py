@@ -99,6 +99,43 @@ def option_widgets(spec: MethodSpec, key_prefix: str) -> dict[str, Any]:
     return {o.name: option_widget(o, f"{key_prefix}:{spec.id}:{o.name}") for o in spec.options}
 
 
+def method_picker(bundle: explainers.ModelBundle, key: str,
+                  default: tuple[str, ...] = ("gradcam",)) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The methods multiselect plus one options panel per chosen method (widgets from each spec).
+
+    Methods the current model does not support are offered nowhere; ones picked earlier for another model
+    are dropped with a note, so switching models never leaves a stale selection behind.
+    """
+    from explainers import METHODS, methods_for
+
+    ids = [m.id for m in methods_for(bundle.family)]
+    if key in st.session_state:
+        dropped = [m for m in st.session_state[key] if m not in ids]
+        st.session_state[key] = [m for m in st.session_state[key] if m in ids]
+        if dropped:
+            st.info(f"Not available for {bundle.family} models, so removed: "
+                    f"{', '.join(METHODS[m].name for m in dropped)}.", icon=":material/info:")
+    chosen = st.multiselect("Methods", ids, default=None if key in st.session_state else
+                            [m for m in default if m in ids], key=key, format_func=lambda m: METHODS[m].name)
+    unsupported = [m.name for m in METHODS.values() if m.id not in ids]
+    if unsupported:
+        st.caption(f"Not available for {bundle.family} models: {', '.join(unsupported)}.")
+    options: dict[str, dict[str, Any]] = {}
+    if chosen:
+        with st.expander("Method options", expanded=False):
+            cols = st.columns(min(len(chosen), 3))
+            for i, method in enumerate(chosen):
+                with cols[i % len(cols)]:
+                    st.markdown(f"**{METHODS[method].name}**")
+                    options[method] = option_widgets(METHODS[method], key)
+    return chosen, options
+
+
+def untrained_warning(bundle: explainers.ModelBundle, what: str = "These maps explain") -> None:
+    if not bundle.trained:
+        st.warning(f"{bundle.label}: random weights. {what} an untrained network.", icon=":material/science:")
+
+
 def show_error(exc: Exception) -> None:
     """A user-caused error as a friendly message; anything else as a short error with details folded."""
     if isinstance(exc, ExplainerError):

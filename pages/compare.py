@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from explainers import METHODS, methods_for, render
+from explainers import METHODS, render
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
 from explainers.progress import progress_callback
@@ -14,32 +14,8 @@ ctx = common.require_context()
 bundle = ctx.bundle
 
 st.title("Compare attribution methods")
-if not bundle.trained:
-    st.warning(f"{bundle.label}: random weights. These maps explain an untrained network.", icon=":material/science:")
-
-available = methods_for(bundle.family)
-ids = [m.id for m in available]
-if "compare_methods" in st.session_state:  # a new model may not support every method picked before
-    dropped = [m for m in st.session_state["compare_methods"] if m not in ids]
-    st.session_state["compare_methods"] = [m for m in st.session_state["compare_methods"] if m in ids]
-    if dropped:
-        st.info(f"Not available for {bundle.family} models, so removed: "
-                f"{', '.join(METHODS[m].name for m in dropped)}.", icon=":material/info:")
-chosen = st.multiselect("Methods", ids, default=None if "compare_methods" in st.session_state else
-                        [m for m in ("gradcam",) if m in ids], key="compare_methods",
-                        format_func=lambda m: METHODS[m].name)
-unsupported = [m.name for m in METHODS.values() if m.id not in ids]
-if unsupported:
-    st.caption(f"Not available for {bundle.family} models: {', '.join(unsupported)}.")
-
-options: dict[str, dict] = {}
-if chosen:
-    with st.expander("Method options", expanded=False):
-        cols = st.columns(min(len(chosen), 3))
-        for i, method in enumerate(chosen):
-            with cols[i % len(cols)]:
-                st.markdown(f"**{METHODS[method].name}**")
-                options[method] = common.option_widgets(METHODS[method], "compare")
+common.untrained_warning(bundle)
+chosen, options = common.method_picker(bundle, "compare_methods")
 
 c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
 opacity = c1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity")

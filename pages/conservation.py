@@ -24,9 +24,7 @@ st.title("Conservation")
 st.caption("Relevance propagation should neither create nor lose relevance: the total at each checkpoint "
            "(network input, each residual block's input and output, the classifier input) should equal the "
            "relevance placed at the output.")
-if not bundle.trained:
-    st.warning(f"{bundle.label}: random weights. These totals describe an untrained network.",
-               icon=":material/science:")
+common.untrained_warning(bundle, "These totals describe")
 
 ids = [m.id for m in methods_for(bundle.family) if m.family == "lrp"]
 if not ids:

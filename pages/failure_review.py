@@ -129,13 +129,16 @@ if current:
     st.info(f"Current label: **{LABEL_CHOICES[current.label]}** by {current.who or 'someone'}"
             + (f" — {current.note}" if current.note else ""), icon=":material/label:")
 
-with st.form(key=f"fr_label_{item.image_hash}_{item.target}"):
+item_key = f"{item.image_hash}_{item.target}"  # per-item widget keys: each image's form shows its own label
+with st.form(key=f"fr_label_{item_key}"):
     choice = st.radio("Label", list(LABEL_CHOICES), horizontal=True, format_func=LABEL_CHOICES.get,
                       index=list(LABEL_CHOICES).index(current.label if current else
-                                                      (item.suggestion if item.failure else "none")))
-    note = st.text_input("Note", value=current.note if current else "")
-    who = st.text_input("Your name", value=st.session_state.get("fr_who", getpass.getuser()))
-    if st.form_submit_button("Save label"):
+                                                      (item.suggestion if item.failure else "none")),
+                      key=f"fr_label_choice_{item_key}")
+    note = st.text_input("Note", value=current.note if current else "", key=f"fr_label_note_{item_key}")
+    who = st.text_input("Your name", value=st.session_state.get("fr_who", getpass.getuser()),
+                        key=f"fr_label_who_{item_key}")
+    if st.form_submit_button("Save label", key=f"fr_label_save_{item_key}"):
         st.session_state["fr_who"] = who
         db.add_label(item.image_hash, model_name, method, item.target, choice, note=note, who=who, options=compute)
         db.put_results(item.image_hash, model_name, method, compute,

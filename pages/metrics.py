@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from explainers import METHODS, get_method, methods_for, quality
+from explainers import METHODS, get_method, quality
 from explainers.metrics import attribution_localisation, box_mask, insertion_deletion, pointing_game, sparseness
 from explainers.progress import progress_callback
 from explainers.store import Store
@@ -23,17 +23,7 @@ st.caption("Insertion / Deletion / ID (resnet-lrp App. A.0.3): pixels ranked by 
            "black (or blurred) image, or removed to black; the curves are the softmax probability of the "
            "explained class; areas by the trapezoid rule; ID = Insertion - Deletion.")
 
-ids = [m.id for m in methods_for(bundle.family)]
-chosen = st.multiselect("Methods", ids, default=[m for m in ("gradcam",) if m in ids], key="metrics_methods",
-                        format_func=lambda m: METHODS[m].name)
-options: dict[str, dict] = {}
-if chosen:
-    with st.expander("Method options", expanded=False):
-        cols = st.columns(min(len(chosen), 3))
-        for i, method in enumerate(chosen):
-            with cols[i % len(cols)]:
-                st.markdown(f"**{METHODS[method].name}**")
-                options[method] = common.option_widgets(METHODS[method], "metrics")
+chosen, options = common.method_picker(bundle, "metrics_methods")
 
 c1, c2, c3 = st.columns(3)
 pixels_per_step = c1.select_slider("Pixels per step", [250, 500, 1000, 2500, 5000], value=500, key="metrics_pps",

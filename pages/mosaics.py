@@ -9,7 +9,7 @@ import random
 import streamlit as st
 import torch
 
-from explainers import METHODS, explain, methods_for, render
+from explainers import METHODS, explain, render
 from explainers.classes import short_name
 from explainers.images import GALLERY, image_hash
 from explainers.mosaic import QUADRANTS, build_mosaic, gae_score, load_folder, random_selection
@@ -100,17 +100,7 @@ quadrant = st.radio("Explain the class of", range(4), horizontal=True, key="mosa
                     format_func=lambda q: f"{QUADRANTS[q]} ({short_name(bundle.class_names[mosaic.classes[q]])})")
 target = mosaic.classes[quadrant]
 
-ids = [m.id for m in methods_for(bundle.family)]
-chosen = st.multiselect("Methods", ids, default=[m for m in ("gradcam",) if m in ids], key="mosaic_methods",
-                        format_func=lambda m: METHODS[m].name)
-options: dict[str, dict] = {}
-if chosen:
-    with st.expander("Method options", expanded=False):
-        ocols = st.columns(min(len(chosen), 3))
-        for i, method in enumerate(chosen):
-            with ocols[i % len(ocols)]:
-                st.markdown(f"**{METHODS[method].name}**")
-                options[method] = common.option_widgets(METHODS[method], "mosaic")
+chosen, options = common.method_picker(bundle, "mosaic_methods")
 if not chosen:
     st.info("Pick one or more methods above.")
     st.stop()
