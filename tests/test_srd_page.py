@@ -1,0 +1,64 @@
+"""The SRD Explorer page through Streamlit's AppTest: maps, PFV picking, ERF, neighbours, sub-concepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def explorer(tmp_path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("RELEVANCE_EXPLORER_CACHE", str(tmp_path))  # the PFV index goes to a temporary folder
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/srd_explorer.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def test_explorer_renders_maps_erf_neighbours_and_subconcepts(explorer, tmp_path):
+    at = explorer
+    assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
+    caps = _captions(at)
+    assert any(c.startswith("SRD-low: bn2.act (7x7)") for c in caps)
+    assert any(c.startswith("SRD-high:") and "(28x28)" in c for c in caps)
+    assert any(c.startswith("SRD-input: input (224x224)") for c in caps)
+    assert at.selectbox(key="srd_layer").value == "bn2.act"
+    assert len(at.get("plotly_chart")) == 1  # the clickable PFV grid
+    assert any(c.startswith("ERF of bn2.act") for c in caps)
+    assert sum(" cos " in c for c in caps) >= 3  # nearest neighbours (and theirs for sub-concepts)
+    assert any("mu = " in c for c in caps)
+    assert any("ratios sum to 1.000000" in c.value for c in at.caption)
+    assert list(tmp_path.rglob("*.pt"))  # the index was cached on disk
+    assert not at.error
+
+
+def test_picking_a_pfv_and_exploring_a_subconcept(explorer):
+    at = explorer
+    at.selectbox(key="srd_layer").set_value("blocks.6.0.bn2.act").run()
+    at.number_input(key="srd_row").set_value(2).run()
+    at.number_input(key="srd_col").set_value(3).run()
+    assert not at.exception, at.exception
+    caps = _captions(at)
+    assert "ERF of blocks.6.0.bn2.act (2, 3)" in caps
+    assert any(c.startswith("blocks.6.0.bn1.act (") and "mu = " in c for c in caps)  # a 3x3 window of sub-concepts
+    first = next(c for c in caps if c.startswith("blocks.6.0.bn1.act ("))
+    at.button(key="srd_sub_0").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="srd_layer").value == "blocks.6.0.bn1.act"
+    r, c = at.session_state["srd_row"], at.session_state["srd_col"]
+    assert first.startswith(f"blocks.6.0.bn1.act ({r}, {c})")
+    assert f"ERF of blocks.6.0.bn1.act ({r}, {c})" in _captions(at)
+    assert any(cap.value.startswith("Path: blocks.6.0.bn2.act (2, 3)") for cap in at.caption)
+    at.button(key="srd_back").click().run()
+    assert (at.selectbox(key="srd_layer").value, at.session_state["srd_row"], at.session_state["srd_col"]) == \
+        ("blocks.6.0.bn2.act", 2, 3)
+    assert not at.error
