@@ -90,6 +90,26 @@ def markdown(rows: list[SpeedRow], model: str, device: str) -> str:
     return "\n".join(lines)
 
 
+def erf_speed(bundle: ModelBundle, positions: int = 49, layer: str = "low", repeat: int = 3,
+              method: str = "auto") -> str:
+    """Seconds for the SRD ERFs of ``positions`` PFVs of one layer of one image, end to end (forward pass,
+    sharing-ratio stencils, the batched maps), against one forward pass; a markdown table."""
+    from . import srd
+
+    x = sample_batch(bundle, 1)
+    fwd = forward_seconds(bundle, x, repeat)
+    p = srd.forward_pass(bundle, x)
+    h, w = p.grid(layer)
+    side = max(1, round(positions ** 0.5))
+    grid = [(min(h - 1, r * h // side), min(w - 1, c * w // side)) for r in range(side) for c in range(side)]
+    grid = grid[:positions]
+    sec = median_seconds(lambda: srd.forward_pass(bundle, x).erf(layer, grid, method=method), repeat)
+    name = p.info.names[p.node(layer)]
+    return "\n".join([f"model {bundle.label} on {bundle.device}", "",
+                      "| ERFs | layer | grid | method | seconds | x forward |", "|---|---|---|---|---|---|",
+                      f"| {len(grid)} | {name} | {h}x{w} | {method} | {sec:.3f} | {sec / fwd:.1f} |"])
+
+
 def zennit_reference_seconds(bundle: ModelBundle, x: torch.Tensor, repeat: int) -> float | None:
     """Seconds per image of zennit's EpsilonPlusFlat (BN merged; ResNetCanonizer for torchvision ResNets),
     the field's reference LRP implementation, on a private copy of the model (its canonizers and hooks

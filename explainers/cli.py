@@ -140,6 +140,15 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_erf(args: argparse.Namespace) -> int:
+    from . import bench
+    from .models import load_model
+
+    bundle = load_model(args.model, device=args.device, weights=args.weights)
+    print(bench.erf_speed(bundle, positions=args.positions, layer=args.layer, repeat=args.repeat, method=args.how))
+    return 0
+
+
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     """Metrics per image and method, stored in SQLite so a rerun resumes (see explainers/quality.py)."""
     from . import quality
@@ -208,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_speed)
+
+    p = bench.add_parser("erf", help="seconds for the SRD ERFs of many PFVs of one image at once")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--positions", type=int, default=49, help="PFVs, spread over the layer's grid")
+    p.add_argument("--layer", default="low", help="low, high or a layer name (see the SRD Explorer)")
+    p.add_argument("--how", default="auto", choices=["auto", "stencils", "walk"],
+                   help="sharing-ratio stencils or one batched backward walk")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_bench_erf)
 
     p = bench.add_parser("quality", help="faithfulness/complexity metrics per image and method (resumable)")
     p.add_argument("--images", default="gallery", help="'gallery' or a folder of images")
