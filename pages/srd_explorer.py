@@ -218,7 +218,7 @@ with b:
         common.show_error(exc)
         neighbours, crops = [], []
     if neighbours:
-        ncols = st.columns(len(neighbours))
+        ncols = st.columns(max(len(neighbours), 3))
         for nc, nb, crop in zip(ncols, neighbours, crops):
             nc.image(crop, caption=f"{nb.image_name} ({nb.position[0]}, {nb.position[1]}) cos {nb.similarity:.3f}",
                      width="stretch")
@@ -233,8 +233,9 @@ except Exception as exc:  # noqa: BLE001
     common.show_error(exc)
     st.stop()
 total = sum(s.mu for s in subs)
-st.caption(f"{len(subs)} contributors from {', '.join(sorted({s.layer for s in subs}))}; their ratios sum to "
-           f"{total:.6f}.")
+plural = "s" if len(subs) != 1 else ""
+st.caption(f"{len(subs)} contributor{plural} from {', '.join(sorted({s.layer for s in subs}))}; their ratios sum "
+           f"to {total:.6f}.")
 
 
 def _explore(sub: srd.SubConcept) -> None:
@@ -256,7 +257,7 @@ if chosen:
             continue
         arr = _erfs(ctx.image_hash, ctx.model_key, lname, tuple(chosen[i].position for i in ids), bias_share, _p=p)
         sub_erfs.update({i: e for i, e in zip(ids, arr)})
-    scols = st.columns(len(chosen))
+    scols = st.columns(max(len(chosen), 4))  # at least 4 columns, so a single sub-concept is not page-wide
     for i, (sc, s) in enumerate(zip(scols, chosen)):
         with sc:
             if s.layer == "input":

@@ -52,10 +52,11 @@ def _double(bundle, random_biases: bool = False):
 @pytest.fixture(scope="module")
 def doubles(untrained, lite0):
     return {"resnet50": _double(untrained("resnet50"), random_biases=True),
+            "resnet18": _double(untrained("resnet18"), random_biases=True),
             "vgg16": _double(untrained("vgg16"), random_biases=True), "efficientnet_lite0": _double(lite0)}
 
 
-SIZES = {"resnet50": 64, "vgg16": 64, "efficientnet_lite0": 96}
+SIZES = {"resnet50": 64, "resnet18": 64, "vgg16": 64, "efficientnet_lite0": 96}
 
 
 def _x(size: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
@@ -141,14 +142,15 @@ def test_direct_conv_stencil_equals_explicit_ratios():
 # --------------------------------------------------------------------------- sum of ratios, conservation
 
 
-@pytest.mark.parametrize("model", ["resnet50", "vgg16", "efficientnet_lite0"])
-def test_sharing_ratios_into_every_pfv_sum_to_one(doubles, model):
+@pytest.mark.parametrize("model,bias_share", [("resnet50", "norm"), ("resnet18", "norm"), ("vgg16", "norm"),
+                                              ("efficientnet_lite0", "norm"), ("efficientnet_lite0", "contribution")])
+def test_sharing_ratios_into_every_pfv_sum_to_one(doubles, model, bias_share):
     bundle = doubles[model]
     x = _x(SIZES[model])
     p = srd.forward_pass(bundle, x)
     kinds = set()
     for node in p.info.acts:
-        stencils = p.stencils_for(node)
+        stencils = p.stencils_for(node, bias_share)
         total = sum(s.coef.sum(0) for s in stencils)
         assert (total - 1).abs().max() < 1e-8, f"{model} {p.info.names[node]}"
         kinds.add(len(stencils))
@@ -205,19 +207,20 @@ def test_erf_sums_to_one_and_is_zero_outside_the_receptive_field(doubles):
         assert not torch.allclose(q.vectors(layer), p.vectors(layer))
 
 
-def test_batched_erf_stencils_equal_one_hot_walks(doubles):
-    bundle = doubles["resnet50"]
+@pytest.mark.parametrize("model,bias_share", [("resnet50", "norm"), ("efficientnet_lite0", "contribution")])
+def test_batched_erf_stencils_equal_one_hot_walks(doubles, model, bias_share):
+    bundle = doubles[model]
     x = _x(64, seed=2)
     p = srd.forward_pass(bundle, x)
     h, w = p.grid("low")
     positions = [(r, c) for r in range(h) for c in range(w)]
-    fast = p.erf("low", positions, method="stencils")
-    slow = p.erf("low", positions, method="walk")
+    fast = p.erf("low", positions, bias_share, method="stencils")
+    slow = p.erf("low", positions, bias_share, method="walk")
     assert fast.shape == (len(positions), 64, 64)
     assert (fast - slow).abs().max() < 1e-10
     assert torch.allclose(fast.sum((1, 2)), torch.ones(len(positions), dtype=torch.float64), atol=1e-8)
     # one PFV through the public function
-    single = srd.erf(bundle, x, "low", positions[0])
+    single = srd.erf(bundle, x, "low", positions[0], bias_share)
     assert single.shape == (64, 64) and (single - slow[0]).abs().max() < 1e-10
 
 
