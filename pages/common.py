@@ -85,6 +85,10 @@ def option_widget(opt: Option, key: str) -> Any:
         return st.checkbox(label, value=bool(opt.default), help=opt.help, key=key)
     if opt.kind == "choice":
         return st.selectbox(label, opt.choices, index=list(opt.choices).index(opt.default), help=opt.help, key=key)
+    if opt.kind == "int" and opt.display and opt.min is not None and opt.max is not None:
+        # display-only controls (e.g. heat-quantisation bins) are sliders: moving them only re-renders
+        return int(st.slider(label, int(opt.min), int(opt.max), int(opt.default), int(opt.step or 1), help=opt.help,
+                             key=key))
     if opt.kind == "int":
         return int(st.number_input(label, min_value=int(opt.min) if opt.min is not None else None,
                                    max_value=int(opt.max) if opt.max is not None else None,

@@ -50,7 +50,8 @@ def run_triage(key: tuple, images: list[tuple[str, bytes]], method: str, options
 
 methods = [m.id for m in methods_for(bundle.family)]
 c1, c2 = st.columns([1, 2])
-method = c1.selectbox("Method", methods, key="fr_method", format_func=lambda m: METHODS[m].name)
+method = c1.selectbox("Method", methods, key="fr_method", format_func=lambda m: METHODS[m].name,
+                      index=methods.index("resnet-lrp") if "resnet-lrp" in methods else 0)  # the paper's method
 source = c2.radio("Images", ["Gallery", "Uploads in this session", "Folder"], horizontal=True, key="fr_source")
 with st.expander("Method options and thresholds"):
     options = common.option_widgets(METHODS[method], "fr")

@@ -106,6 +106,42 @@ def choose_methods(page, names: list[str]) -> None:
     wait_idle(page)
 
 
+# (sidebar link, a selector for the page's main element, screenshot file)
+PAGES = [
+    ("Conservation", '[data-testid="stPlotlyChart"]', "conservation.png"),
+    ("SRD Explorer", '[data-testid="stImage"]', "srd-explorer.png"),
+    ("Mosaics", '[data-testid="stImage"]', "mosaics.png"),
+    ("Metrics", '[data-testid="stPlotlyChart"]', "metrics.png"),
+    ("Failure review", '[data-testid="stButton"]', "failure-review-start.png"),
+]
+
+
+def press_slider(page, label: str, steps: int) -> None:
+    """Move a slider with the keyboard, as a user would, and wait for the rerun."""
+    thumb = page.locator(f'[data-testid="stSlider"] [role="slider"][aria-label="{label}"]')
+    if thumb.count() == 0:
+        thumb = page.locator(f'[data-testid="stSlider"] input[type="range"][aria-label="{label}"]')
+    thumb.first.focus()
+    for _ in range(steps):
+        page.keyboard.press("ArrowRight")
+    wait_idle(page)
+
+
+def open_page(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title).first.wait_for()
+
+
+def review_folder(page, folder: Path) -> None:
+    page.get_by_text("Folder", exact=True).click()
+    box = page.get_by_label("Folder with images")
+    box.fill(str(folder))
+    box.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Review 2 images", exact=False).click()
+    wait_idle(page)
+
+
 def test_a_user_session_through_the_app(page, shots, tmp_path):
     # 1. the default page renders a heatmap for the embedded model
     page.get_by_text("native 7x7").first.wait_for()
@@ -131,12 +167,11 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
             page.get_by_text(name, exact=True).first.wait_for()
     no_exception(page)
 
-    # 4. display-only controls: the opacity slider
-    thumb = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Opacity"]')
-    thumb.focus()
-    for _ in range(4):
-        page.keyboard.press("ArrowRight")
-    wait_idle(page)
+    # 4. display-only controls: the opacity slider and the heat-quantisation bins of ResNet-LRP
+    press_slider(page, "Opacity", 4)
+    if "resnet-lrp" in METHODS:
+        page.get_by_text("Method options").click()
+        press_slider(page, "bins", 3)
     no_exception(page)
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
@@ -149,4 +184,39 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
     page.screenshot(path=str(shots / "bad-upload.png"), full_page=True)
     page.get_by_text("Gallery", exact=True).click()
     page.get_by_text("native 7x7").first.wait_for()
+    wait_idle(page)
+    no_exception(page)
+
+    # 6. every other page shows its main element
+    for title, main, shot in PAGES:
+        if title == "SRD Explorer" and "srd" not in METHODS:
+            continue
+        open_page(page, title)
+        page.locator(main).first.wait_for(timeout=480_000)
+        wait_idle(page)
+        no_exception(page)
+        page.screenshot(path=str(shots / shot), full_page=True)
+
+    # 7. failure review on a folder of two pictures: label the worst image, reload, and the label is still there
+    folder = tmp_path / "review"
+    folder.mkdir()
+    for key in ("coffee", "chelsea"):
+        (folder / f"{key}.png").write_bytes(GALLERY[key].png_bytes())
+    open_page(page, "Failure review")
+    review_folder(page, folder)
+    wait_idle(page)
+    page.get_by_text("Current label").or_(page.get_by_text("Save label")).first.wait_for(timeout=480_000)
+    no_exception(page)
+    page.get_by_text("WA: Wrongly Attended", exact=True).click()
+    page.get_by_label("Note").fill("browser test label")
+    page.get_by_role("button", name="Save label").click()
+    wait_idle(page)
+    page.get_by_text("browser test label").first.wait_for()
+    page.screenshot(path=str(shots / "failure-review.png"), full_page=True)
+
+    page.reload()
+    page.get_by_role("heading", name="Failure review").wait_for()
+    review_folder(page, folder)
+    wait_idle(page)
+    page.get_by_text("browser test label").first.wait_for(timeout=480_000)
     no_exception(page)
