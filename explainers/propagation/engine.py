@@ -88,6 +88,9 @@ class Propagation:
     block_main: Tensor  # [K, B]
     graph: PropGraph
     activations: dict[fx.Node, Tensor] | None = None
+    # [B] float64 when the rule set rescales (``RuleSet.rescale_kinds``): the propagated relevance equals
+    # ``relevance * exp(log_scale)``; the totals above are already in those true units.  None otherwise.
+    log_scale: Tensor | None = None
 
     def traces(self) -> list[PropagationTrace]:
         totals = self.totals.detach().double().cpu().tolist()
@@ -153,6 +156,17 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
     checkpoints = set(graph.checkpoints())
     block_inputs = {r.block_input for r in graph.residuals.values()}
     R: dict[fx.Node, Tensor] = {graph.output: r_out}
+    # Rules that are not conservative (absLRP) can grow or shrink relevance past float32's range over a deep
+    # network.  Their rules are linear in R, so the engine may rescale the whole pending relevance of an image
+    # by one factor; it keeps the log of the factors so that the recorded totals stay in true units.
+    scaled = bool(rules.rescale_kinds)
+    log_scale = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device) if scaled else None
+
+    def total(t: Tensor, bd: int = 0) -> Tensor:
+        s = (t.movedim(bd, 0) if bd else t).flatten(1).sum(1)
+        return s.double() * log_scale.exp() if log_scale is not None else s
+
+    last: tuple[Tensor | None, Tensor | None] = (None, None)  # pass-through nodes hand on the same tensor
     sums: list[Tensor] = []
     names: list[str] = []
     kinds: list[str] = []
@@ -167,7 +181,9 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
             env.pop(node, None)
             continue
         kind = graph.kind[node]
-        sums.append(r.flatten(1).sum(1))
+        node_total = last[1] if r is last[0] else total(r, graph.batch_dim.get(node, 0))
+        last = (r, node_total)
+        sums.append(node_total)
         names.append(graph.names[node])
         kinds.append("block_input" if node in block_inputs else kind)
         cps.append(node in checkpoints)
@@ -179,8 +195,8 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
         op = OpContext(graph=graph, node=node, kind=kind, inputs=[env.get(i) for i in ins], env=env,
                        name=f"{graph.names[node]} in {graph.model_name}")
         outs = rules.backward(op, r)
-        for label, total in op.sinks:  # relevance a rule gave to a constant (a ViT's class token, position embedding)
-            sums.append(total)
+        for label, sink in op.sinks:  # relevance a rule gave to a constant (a ViT's class token, position embedding)
+            sums.append(sink.double() * log_scale.exp() if log_scale is not None else sink)
             names.append(label)
             kinds.append("constant")
             cps.append(False)
@@ -189,10 +205,12 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
         if res is not None:
             r_skip = outs[ins.index(res.skip)]
             r_main = outs[ins.index(res.main)] if res.main is not res.skip else torch.zeros_like(r)
-            zero = torch.zeros(r.shape[0], dtype=r.dtype, device=r.device)
+            zero = torch.zeros(r.shape[0], dtype=torch.float64 if scaled else r.dtype, device=r.device)
             blocks.append((res.index, res.name, res.identity,
-                           r_skip.flatten(1).sum(1) if r_skip is not None else zero,
-                           r_main.flatten(1).sum(1) if r_main is not None else zero))
+                           total(r_skip) if r_skip is not None else zero,
+                           total(r_main) if r_main is not None else zero))
+        if log_scale is not None and kind in rules.rescale_kinds:
+            outs = _rescale(graph, R, ins, outs, log_scale)
         for i, ri in zip(ins, outs):
             if ri is None:
                 continue
@@ -209,5 +227,40 @@ def propagate(model: nn.Module, x: Tensor, targets: Tensor | None, rules: RuleSe
         block_names=[b[1] for b in blocks], block_identity=[b[2] for b in blocks],
         block_skip=torch.stack([b[3] for b in blocks]) if blocks else empty,
         block_main=torch.stack([b[4] for b in blocks]) if blocks else empty,
-        graph=graph, activations=kept,
+        graph=graph, activations=kept, log_scale=log_scale,
     )
+
+
+_RESCALE_ABOVE, _RESCALE_BELOW = 1e10, 1e-10  # far inside float32's range (1e-38 .. 3e38), with room for R / |z|
+
+
+def _rescale(graph: PropGraph, R: dict[fx.Node, Tensor], ins: list[fx.Node], outs: list[Tensor | None],
+             log_scale: Tensor) -> list[Tensor | None]:
+    """When an image's relevance peak leaves [1e-10, 1e10], divide all its pending relevance by that peak."""
+    def per_image(t: Tensor, node: fx.Node) -> tuple[Tensor, int]:
+        bd = graph.batch_dim.get(node, 0)
+        return (t.movedim(bd, 0) if bd else t).reshape(t.shape[bd], -1), bd
+
+    peaks = []
+    for i, o in zip(ins, outs):
+        if o is not None:
+            flat = per_image(o, i)[0]  # amax / amin: aminmax and vector_norm(inf) along a dim are ~20x slower on CPU
+            peaks.append(torch.maximum(flat.amax(1), -flat.amin(1)))
+    if not peaks:
+        return outs
+    peak = torch.stack(peaks).amax(0)
+    need = (peak > _RESCALE_ABOVE) | ((peak < _RESCALE_BELOW) & (peak > 0))
+    if not bool(need.any()):
+        return outs
+    factor = torch.where(need, 1.0 / peak, torch.ones_like(peak))
+
+    def scale(t: Tensor, node: fx.Node) -> Tensor:
+        bd = graph.batch_dim.get(node, 0)
+        shape = [1] * t.dim()
+        shape[bd] = -1
+        return t * factor.to(t.dtype).view(shape)
+
+    for n in list(R):
+        R[n] = scale(R[n], n)
+    log_scale -= factor.double().log()
+    return [scale(o, i) if o is not None else None for i, o in zip(ins, outs)]

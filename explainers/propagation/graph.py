@@ -42,6 +42,20 @@ ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 RESHAPE_METHODS = {"view", "reshape", "flatten"}
 PASS_METHODS = {"contiguous", "clone"}
 ACT_METHODS = {"relu", "sigmoid", "tanh"}
+# Transformer operations (timm ViTs traced with fused attention off, see _trace).  CNN graphs never contain
+# them, so none of this changes how a CNN is classified.
+LAYERNORM_MODULES = (nn.LayerNorm,)
+LAYERNORM_FUNCTIONS = {F.layer_norm}
+SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax}
+SOFTMAX_METHODS = {"softmax"}
+MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
+MUL_FUNCTIONS = {operator.mul, torch.mul}
+# Index / permutation ops: each output element is one input element, so relevance is routed by the op's VJP.
+SELECT_FUNCTIONS = {operator.getitem, torch.select, torch.transpose, torch.permute}
+SELECT_METHODS = {"transpose", "permute", "select"}
+CAT_FUNCTIONS = {torch.cat, torch.concat}
+# Kinds whose node combines several data inputs (every other kind has exactly one).
+MULTI_INPUT_KINDS = ("add", "matmul", "cat")
 
 
 @dataclass
@@ -65,6 +79,7 @@ class PropGraph:
     model_name: str
     nodes: list[fx.Node]  # data nodes in topological order (placeholder first, output excluded)
     kind: dict[fx.Node, str]  # 'input' 'conv' 'linear' 'bn' 'act' 'pass' 'maxpool' 'avgpool' 'mean' 'reshape' 'add'
+    #                           transformers also: 'layernorm' 'softmax' 'matmul' 'mul' 'select' 'cat'
     data_inputs: dict[fx.Node, list[fx.Node]]  # the data (activation) inputs of each node
     output: fx.Node  # the node whose value is the logits
     residuals: dict[fx.Node, Residual] = field(default_factory=dict)
@@ -81,6 +96,9 @@ class PropGraph:
     # fresh memory otherwise make the forward about twice as slow on CPU).
     keep: set[fx.Node] = field(default_factory=set)
     remaining_users: dict[fx.Node, int] = field(default_factory=dict)
+    # Nodes whose value does not have the batch first (inside attention, ``qkv.permute(2, 0, 3, 1, 4)`` puts it
+    # second): node -> batch dimension.  Absent means 0.
+    batch_dim: dict[fx.Node, int] = field(default_factory=dict)
 
     def checkpoints(self) -> list[fx.Node]:
         """Nodes through which the whole relevance must pass (paper Fig. 7 and the Conservation page)."""
@@ -135,6 +153,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return "avgpool"
         if isinstance(m, nn.Flatten):
             return "reshape"
+        if isinstance(m, LAYERNORM_MODULES):
+            return "layernorm"
         return None
     if node.op == "call_function":
         t = node.target
@@ -154,6 +174,18 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return "maxpool"
         if t is torch.mean:
             return "mean"
+        if t in LAYERNORM_FUNCTIONS:
+            return "layernorm"
+        if t in SOFTMAX_FUNCTIONS:
+            return "softmax"
+        if t in MATMUL_FUNCTIONS:
+            return "matmul"
+        if t in MUL_FUNCTIONS:
+            return "mul"
+        if t in SELECT_FUNCTIONS:
+            return "select"
+        if t in CAT_FUNCTIONS:
+            return "cat"
         return None
     if node.op == "call_method":
         if node.target in RESHAPE_METHODS:
@@ -164,6 +196,12 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return "act"
         if node.target == "mean":
             return "mean"
+        if node.target in SOFTMAX_METHODS:
+            return "softmax"
+        if node.target == "mul":
+            return "mul"
+        if node.target in SELECT_METHODS:
+            return "select"
         return None
     return None
 
@@ -188,7 +226,7 @@ def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | 
     if cached is not None:
         return cached
     try:
-        gm = fx.symbolic_trace(model)
+        gm = _trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: this model is not supported
         raise UnsupportedOperation(f"{model_name or type(model).__name__} cannot be traced for relevance "
                                    f"propagation ({type(exc).__name__}: {exc}).") from exc
@@ -213,11 +251,14 @@ def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | 
         else:
             data_inputs[node] = []
         kind = _classify(gm, node)
+        if kind is None and len(data_inputs[node]) == 1 and probe.get(node) is probe.get(data_inputs[node][0]):
+            # An op that hands back its input object untouched (timm's ``maybe_add_mask`` without a mask).
+            kind = "pass"
         if kind is None:
             raise UnsupportedOperation(
                 f"Relevance propagation has no rule for {_describe(gm, node)} in {model_name or type(model).__name__}."
             )
-        if kind not in ("add",) and len(data_inputs[node]) > 1:
+        if kind not in MULTI_INPUT_KINDS and len(data_inputs[node]) > 1:
             raise UnsupportedOperation(f"{_describe(gm, node)} in {model_name} combines several activations; "
                                        "no propagation rule covers that.")
         kinds[node] = kind
@@ -226,9 +267,82 @@ def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | 
         raise UnsupportedOperation(f"{model_name}: the model output is not a single tensor.")
     graph = PropGraph(module=gm, model_name=model_name or type(model).__name__, nodes=nodes, kind=kinds,
                       data_inputs=data_inputs, output=output)
+    for node in nodes:
+        if kinds[node] == "select":
+            src = data_inputs[node][0]
+            bd = _moved_batch_dim(node, graph.batch_dim.get(src, 0), probe[src].dim())
+            if bd:
+                graph.batch_dim[node] = bd
     _analyse(graph)
     _CACHE[model] = graph
     return graph
+
+
+def _moved_batch_dim(node: fx.Node, bd: int, ndim: int) -> int:
+    """Where a permute / transpose / select puts the batch dimension ``bd`` of its ``ndim``-dim input."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    args = node.args[1:]
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        return [int(d) % ndim for d in dims].index(bd)
+    if name == "transpose":
+        d0, d1 = (int(d) % ndim for d in args[:2])
+        return d1 if bd == d0 else d0 if bd == d1 else bd
+    if name == "select":
+        dim = int(args[0]) % ndim
+        return bd - 1 if dim < bd else bd
+    return bd  # indexing (x[:, 0]) keeps the leading batch dimension
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` in the form the rules need.
+
+    - Attention modules with a ``fused_attn`` switch (timm) are traced with it off, so q k^T, the softmax and
+      attention x values are explicit nodes (absLRP's attention rules, abslrp-gae Sec. 3.1).  The switch is
+      restored at once: the traced graph keeps the explicit ops, the shared model keeps its fast kernel.
+      Callers hold the model lock (``model_guard``), so no other session sees the brief change.
+    - Extra forward arguments with defaults (timm ViT's ``attn_mask=None``, ``is_causal=False``) are
+      specialised to those defaults, which removes the mask branches from the graph.
+    - ``a, b, c = x.unbind(d)`` is rewritten as three ``torch.select(x, d, i)`` nodes, so every data node
+      holds one tensor (the engine keeps one relevance tensor per node).
+    """
+    import inspect
+
+    switched = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool) and m.fused_attn]
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for m in switched:
+        m.fused_attn = False
+    try:
+        gm = fx.symbolic_trace(model, concrete_args=concrete or None)
+    finally:
+        for m in switched:
+            m.fused_attn = True
+    _split_unbind(gm)
+    return gm
+
+
+def _split_unbind(gm: fx.GraphModule) -> None:
+    """Replace ``getitem(unbind(x, d), i)`` with ``select(x, d, i)`` (see :func:`_trace`)."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        is_unbind = (node.op == "call_method" and node.target == "unbind") or \
+            (node.op == "call_function" and node.target is torch.unbind)
+        if not is_unbind or not all(u.op == "call_function" and u.target is operator.getitem
+                                    and isinstance(u.args[1], int) for u in node.users):
+            continue
+        src = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        for user in list(node.users):
+            with gm.graph.inserting_before(user):
+                sel = gm.graph.call_function(torch.select, (src, dim, user.args[1]))
+            user.replace_all_uses_with(sel)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.recompile()
 
 
 @torch.no_grad()
@@ -255,7 +369,7 @@ def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], x: torc
     """Evaluate one node from the values of its inputs; in-place activations run out of place so
     the engine keeps every pre-activation tensor intact, unless ``inplace`` says nobody needs it."""
     if node.op == "placeholder":
-        return x
+        return node.args[0] if node.args else x  # extra inputs specialised to their defaults (see _trace)
     if node.op == "get_attr":
         obj: Any = gm
         for part in str(node.target).split("."):
@@ -324,9 +438,14 @@ def _analyse(graph: PropGraph) -> None:
                                          identity=identity, index=index)
         graph.names[node] = f"{name} (add)"
     relu_modules = (nn.ReLU, nn.ReLU6)
+    # The classifier is the first linear layer after the last residual junction / attention product (for a
+    # CNN simply its first linear layer; a ViT's qkv and MLP layers come before its last junction).
+    last_mixing = max((pos[n] for n in graph.nodes if n in graph.residuals or graph.kind[n] == "matmul"),
+                      default=-1)
     for node in graph.nodes:
         graph.remaining_users[node] = len(users[node])
-        if graph.kind[node] in ("conv", "linear", "add", "maxpool", "avgpool", "mean", "reshape"):
+        if graph.kind[node] in ("conv", "linear", "add", "maxpool", "avgpool", "mean", "reshape",
+                                "layernorm", "matmul", "mul", "select", "cat"):
             graph.keep.update(graph.data_inputs[node])
     graph.keep.add(graph.output)
     for node in graph.nodes:
@@ -338,7 +457,8 @@ def _analyse(graph: PropGraph) -> None:
         if relu and node.op == "call_module" and ins and users[ins[0]] == [node] and \
                 graph.kind[ins[0]] in ("bn", "conv", "linear") and ins[0].op == "call_module":
             graph.inplace.add(node)
-        if relu or (kind in ("pass", "reshape", "maxpool", "avgpool", "mean") and ins and ins[0] in graph.nonneg):
+        keeps_sign = kind in ("pass", "reshape", "maxpool", "avgpool", "mean", "select")
+        if relu or kind == "softmax" or (keeps_sign and ins and ins[0] in graph.nonneg):
             graph.nonneg.add(node)
         if kind == "bn":
             src = graph.data_inputs[node][0]
@@ -346,22 +466,26 @@ def _analyse(graph: PropGraph) -> None:
                 graph.merged_bn[src] = node
         if kind in ("conv", "linear") and graph.first_layer is None:
             graph.first_layer = node
-        if kind == "linear" and graph.classifier_input is None:
+        if kind == "linear" and graph.classifier_input is None and pos[node] > last_mixing:
             graph.classifier_input = graph.data_inputs[node][0]
     del gm
 
 
-def batch_norm_params(graph: PropGraph, node: fx.Node, env: dict[fx.Node, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of an eval-mode BatchNorm node, module or functional: y = x * scale + shift."""
+def batch_norm_stats(graph: PropGraph, node: fx.Node, env: dict[fx.Node, Any]) -> tuple[Any, Any, Any, Any, float]:
+    """(running mean, running var, weight, bias, eps) of a BatchNorm node, module or functional
+    (weight / bias None when the BN has no affine part)."""
     if node.op == "call_module":
         m = graph.module.get_submodule(str(node.target))
-        mean, var, weight, bias, eps = m.running_mean, m.running_var, m.weight, m.bias, m.eps
-    else:
-        names = ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
-        vals = dict(zip(names, fx.node.map_arg(node.args, lambda n: env.get(n)), strict=False))
-        vals.update(fx.node.map_arg(node.kwargs, lambda n: env.get(n)))
-        mean, var, weight, bias, eps = (vals["running_mean"], vals["running_var"], vals.get("weight"),
-                                        vals.get("bias"), vals.get("eps", 1e-5))
+        return m.running_mean, m.running_var, m.weight, m.bias, m.eps
+    names = ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
+    vals = dict(zip(names, fx.node.map_arg(node.args, lambda n: env.get(n)), strict=False))
+    vals.update(fx.node.map_arg(node.kwargs, lambda n: env.get(n)))
+    return vals["running_mean"], vals["running_var"], vals.get("weight"), vals.get("bias"), vals.get("eps", 1e-5)
+
+
+def batch_norm_params(graph: PropGraph, node: fx.Node, env: dict[fx.Node, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm node, module or functional: y = x * scale + shift."""
+    mean, var, weight, bias, eps = batch_norm_stats(graph, node, env)
     scale = (var + eps).rsqrt()
     if weight is not None:
         scale = scale * weight

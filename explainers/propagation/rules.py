@@ -52,6 +52,9 @@ class OpContext:
     inputs: list[Tensor]  # the node's data inputs (activations), in graph.data_inputs order
     env: dict[fx.Node, Any]  # every value of the forward pass still alive (for rules like SRD)
     name: str = ""
+    # Relevance a rule assigns to constants rather than to data inputs (absLRP: a ViT's class token and
+    # position embedding), as (label, per-image total [B]); the engine records them in the trace.
+    sinks: list[tuple[str, Tensor]] = field(default_factory=list)
 
     @property
     def x(self) -> Tensor:
@@ -356,6 +359,9 @@ class RuleSet:
     maxpool: str = "winner"  # 'winner' | 'avg' (the released resnet-lrp code's 2x2 average pool)
     stabilizer: float = 1e-9  # for the z-rule at pools and for z+ style denominators
     start: str = "probability"
+    # Node kinds after which the engine may rescale relevance per image (only for rule sets that are linear in R
+    # but not conservative, such as absLRP); empty: never (the LRP rules conserve relevance).
+    rescale_kinds: frozenset[str] = frozenset()
 
     # -- dispatch ------------------------------------------------------------------------
     def backward(self, op: OpContext, R: Tensor) -> list[Tensor | None]:
@@ -366,6 +372,11 @@ class RuleSet:
 
     def start_relevance(self, logits: Tensor, targets: Tensor) -> Tensor:
         return start_relevance(logits, targets, self.start)
+
+    def keeps(self, graph: PropGraph) -> frozenset[fx.Node]:
+        """Forward values this rule set reads beyond ``graph.keep`` (layer inputs etc.); the engine's
+        forward keeps them alive and out of in-place activations.  The LRP rules need none."""
+        return frozenset()
 
     # -- per kind ------------------------------------------------------------------------
     def layer_context(self, op: OpContext) -> LayerContext:
