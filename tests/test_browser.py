@@ -8,6 +8,7 @@ does and fails on any Streamlit exception box.  Screenshots go to a temp folder
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def page(app_url):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page = browser.new_page(viewport={"width": 1500, "height": 1400})
         page.set_default_timeout(120_000)
         page.goto(app_url)
         yield page
@@ -172,6 +173,10 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
     if "resnet-lrp" in METHODS:
         page.get_by_text("Method options").click()
         press_slider(page, "bins", 3)
+        page.get_by_text("Method options").click()  # fold the options again so the screenshot shows the maps
+    wait_idle(page)
+    page.get_by_text(re.compile(r"native \d+x\d+")).nth(len(extra)).wait_for()  # Grad-CAM + the extra maps
+    wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
