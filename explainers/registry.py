@@ -22,6 +22,7 @@ from .models import ModelBundle
 
 ALL_FAMILIES = frozenset({"efficientnet", "resnet", "vgg", "vit"})
 CNN_FAMILIES = frozenset({"efficientnet", "resnet", "vgg"})
+VIT_FAMILIES = frozenset({"vit"})  # Vision Transformers (timm ViT)
 
 
 @dataclass(frozen=True)
