@@ -422,7 +422,21 @@ class AbsLRPRules(RuleSet):
 
     # -- structure ------------------------------------------------------------------------------
     def rule_select(self, op: OpContext, R: Tensor) -> list[Tensor | None]:
-        """Index / permutation: each output element is one input element; the VJP routes R back to it."""
+        """Index / permutation: each output element is one input element; the VJP routes R back to it
+        (transpose / permute / select inverted directly, anything else through autograd)."""
+        node, x = op.node, op.x
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        args = node.args[1:]
+        if name == "transpose" and len(args) == 2:
+            return [R.transpose(*args)]
+        if name == "permute":
+            dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+            inverse = [0] * len(dims)
+            for i, d in enumerate(dims):
+                inverse[int(d) % len(dims)] = i
+            return [R.permute(inverse)]
+        if name == "select" and len(args) == 2:
+            return [torch.select_scatter(R.new_zeros(x.shape), R, *args)]
         with torch.enable_grad():
             x = op.x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(op.rerun(x), x, R)
