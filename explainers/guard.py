@@ -26,25 +26,32 @@ def count_hooks(model: nn.Module) -> int:
 
 
 @contextmanager
+def clean_module(model: nn.Module, requires_grad: bool = True) -> Iterator[nn.Module]:
+    """``model`` in eval mode with gradients as asked; afterwards hooks added meanwhile are removed and
+    modes, ``requires_grad`` and ``.grad`` restored.  No lock: see :func:`model_guard` for shared models."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    modes = [(m, m.training) for m in model.modules()]
+    hooks = [(m, d, dict(getattr(m, d))) for m in model.modules() for d in _HOOK_DICTS if hasattr(m, d)]
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(requires_grad)
+        yield model
+    finally:
+        for m, d, snapshot in hooks:
+            live = getattr(m, d)
+            for key in [k for k in live if k not in snapshot]:
+                del live[key]
+        for p, flag in zip(params, flags):
+            p.grad = None
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def model_guard(bundle: ModelBundle, requires_grad: bool = True) -> Iterator[nn.Module]:
-    model = bundle.model
-    with bundle.lock:
-        params = list(model.parameters())
-        flags = [p.requires_grad for p in params]
-        modes = [(m, m.training) for m in model.modules()]
-        hooks = [(m, d, dict(getattr(m, d))) for m in model.modules() for d in _HOOK_DICTS if hasattr(m, d)]
-        try:
-            model.eval()
-            for p in params:
-                p.requires_grad_(requires_grad)
-            yield model
-        finally:
-            for m, d, snapshot in hooks:
-                live = getattr(m, d)
-                for key in [k for k in live if k not in snapshot]:
-                    del live[key]
-            for p, flag in zip(params, flags):
-                p.grad = None
-                p.requires_grad_(flag)
-            for m, training in modes:
-                m.training = training
+    """The bundle's shared model, used exclusively (its lock) and left clean (:func:`clean_module`)."""
+    with bundle.lock, clean_module(bundle.model, requires_grad) as model:
+        yield model

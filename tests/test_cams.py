@@ -68,11 +68,49 @@ def test_native_resolution_is_reported(lite0, gallery_x):
 
 
 def test_fullgrad_equals_library(lite0, gallery_x):
+    """Our FullGrad is the library's FullGrad on the model with timm's fused BN+act layers split apart."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from explainers.methods.library_view import library_view
+
     x = gallery_x["chelsea"]
     maps = [ours(lite0, x, "fullgrad", t) for t in TARGETS]
-    assert explain(lite0, x, "fullgrad").native_resolution == (224, 224)
-    assert_same(maps[0], library_cam(lite0, x, "FullGrad", TARGETS[0])[0])
+    res = explain(lite0, x, "fullgrad")
+    assert res.native_resolution == (224, 224)
     assert not np.allclose(maps[0], maps[1], atol=1e-3)
+
+    with model_guard(lite0) as model:
+        split = library_view(model)
+        assert split is not model and library_view(model) is split  # a cached private copy
+        with torch.no_grad():  # the split copy computes the same function
+            assert torch.allclose(split(x), model(x), atol=1e-5)
+
+        def library(m):
+            cam = pytorch_grad_cam.FullGrad(model=m, target_layers=[])
+            out = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(TARGETS[0])])[0]
+            cam.activations_and_grads.release()
+            return out, len(cam.bias_data)
+
+        ref, n_bias = library(split)
+        input_only, n_bias_fused = library(model)
+    # timm's BatchNormAct2d hides Lite0's 49 BN biases from the library's exact-type check
+    assert n_bias_fused == 0 and n_bias == res.extras["bias_layers"] == 49
+    assert_same(maps[0], ref)
+    assert not np.allclose(maps[0], input_only, atol=1e-2)  # the bias-gradient terms are really in the map
+
+
+def test_fullgrad_uses_resnet_batchnorm_biases_directly():
+    from explainers import load_model
+    from explainers.methods.library_view import library_view
+
+    bundle = load_model("resnet18", weights="untrained")
+    assert library_view(bundle.model) is bundle.model  # plain BatchNorm2d and ReLU: nothing to rewrite
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    res = explain(bundle, x, "fullgrad", target=3)
+    assert res.extras["bias_layers"] == 20
+    # our batched aggregation (one upsampling per layer) equals the library's per-channel cv2 resizes
+    assert_same(res.attribution.numpy(), library_cam(bundle, x, "FullGrad", 3)[0])
 
 
 def test_scorecam_all_channels_equals_library(lite0, gallery_x):
@@ -129,15 +167,24 @@ def test_ablationcam_restores_layer_when_a_pass_fails(lite0, gallery_x, monkeypa
 
 
 def test_guided_gradcam_equals_library_product(lite0, gallery_x):
+    """The library's guided backprop (on the library view, where Lite0's ReLU6 is ReLU + clamp, so the library
+    guides it) times the library's Grad-CAM; the guided part equals a hand-written guided ReLU6."""
     from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    from explainers.methods.library_view import library_view
+    from tests.hand_written import hand_guided_backprop
 
     x = gallery_x["chelsea"]
     maps = [ours(lite0, x, "guided-gradcam", t) for t in TARGETS]
     with model_guard(lite0) as model:
-        gb = GuidedBackpropReLUModel(model=model, device=x.device)(x.clone(), target_category=TARGETS[0])
+        gb = GuidedBackpropReLUModel(model=library_view(model, "guided"), device=x.device)(
+            x.clone(), target_category=TARGETS[0])
     ref = (gb * library_cam(lite0, x, "GradCAM", TARGETS[0])[0][..., None]).sum(-1)
     assert np.allclose(maps[0], ref, atol=1e-6)
     assert not np.allclose(maps[0], maps[1], atol=1e-6)
+    # pytorch-grad-cam returns the gradient [H, W, C]: the same as our hand-written guided ReLU6
+    hand = hand_guided_backprop(lite0, x, TARGETS[0])[0].permute(1, 2, 0).numpy()
+    assert np.allclose(gb, hand, atol=1e-6) and np.abs(hand).max() > 0
 
 
 def test_guided_gradcam_keeps_relu_modules(untrained, gallery_x):

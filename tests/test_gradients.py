@@ -9,16 +9,19 @@ import torch
 from explainers import METHODS, explain
 from explainers.guard import count_hooks, model_guard
 from explainers.methods.gradients import baseline_tensor
+from explainers.methods.library_view import ReLU6AsReLUs, library_view
+from tests.hand_written import hand_guided_backprop, plain_gradient
 
 TARGETS = (281, 954)  # tabby cat (Lite0's top class on chelsea) and banana
 
 
-def captum_map(bundle, x, cls_name: str, target: int, wrap=None, **kwargs) -> torch.Tensor:
-    """captum's own call; the guard only provides gradients and cleanup."""
+def captum_map(bundle, x, cls_name: str, target: int, wrap=None, view=None, **kwargs) -> torch.Tensor:
+    """captum's own call (on the library view of the model when ``view`` names a form); the guard only
+    provides gradients and cleanup."""
     import captum.attr
 
     with model_guard(bundle) as model:
-        method = getattr(captum.attr, cls_name)(model)
+        method = getattr(captum.attr, cls_name)(library_view(model, view) if view else model)
         if wrap:
             method = getattr(captum.attr, wrap)(method)
         return method.attribute(x.clone().requires_grad_(True), target=target, **kwargs).detach().sum(1)[0]
@@ -30,9 +33,9 @@ CASES = {
     "integrated-gradients": ({"steps": 8, "baseline": "black"}, "IntegratedGradients", None,
                              lambda b, x: {"n_steps": 8, "internal_batch_size": 16,
                                            "baselines": baseline_tensor(b, x, "black")}),
-    "guided-backprop": ({}, "GuidedBackprop", None, lambda b, x: {}),
+    "guided-backprop": ({}, "GuidedBackprop", None, lambda b, x: {"view": "guided"}),
     "deeplift": ({"baseline": "blurred"}, "DeepLift", None,
-                 lambda b, x: {"baselines": baseline_tensor(b, x, "blurred")}),
+                 lambda b, x: {"baselines": baseline_tensor(b, x, "blurred"), "view": "rescale"}),
 }
 
 
@@ -96,3 +99,65 @@ def test_pixel_methods_run_on_vit(untrained, gallery_x, method):
 def test_deeplift_is_not_offered_for_resnets():
     """captum's DeepLift raises on torchvision ResNets (a ReLU module used twice per block)."""
     assert not METHODS["deeplift"].supports("resnet") and METHODS["deeplift"].supports("efficientnet")
+
+
+# ------------------------------------------------------------------ EfficientNet-Lite's ReLU6 (library view)
+
+
+def test_library_view_keeps_the_function(lite0, gallery_x):
+    """Both forms compute Lite0's logits; ResNets and VGGs need no view."""
+    x = gallery_x["chelsea"]
+    with torch.no_grad():
+        for form in ("guided", "rescale"):
+            view = library_view(lite0.model, form)
+            assert view is library_view(lite0.model, form)  # cached
+            assert not any(type(m) is torch.nn.ReLU6 for m in view.modules())
+            assert torch.allclose(view(x), lite0.model(x), atol=1e-4)
+    t = torch.linspace(-3, 9, 121)
+    assert torch.allclose(ReLU6AsReLUs()(t), torch.nn.functional.relu6(t), atol=1e-6)
+
+
+def test_guided_backprop_guides_relu6_on_lite0(lite0, gallery_x):
+    """Cross-check against a hand-written guided ReLU6, and it is no longer just the gradient."""
+    x = gallery_x["chelsea"]
+    ours = explain(lite0, x, "guided-backprop", target=TARGETS[0]).attribution
+    hand = hand_guided_backprop(lite0, x, TARGETS[0]).sum(1)[0]
+    assert torch.allclose(ours, hand, atol=1e-6)
+    plain = plain_gradient(lite0, x, TARGETS[0]).sum(1)[0]
+    assert (ours - plain).abs().max() > 0.1 * plain.abs().max()
+
+
+@pytest.mark.parametrize("baseline", ["black", "blurred"])
+def test_deeplift_sums_to_the_output_difference_on_lite0(lite0, gallery_x, baseline):
+    """DeepLift's summation-to-delta: sum of attributions = f(x) - f(baseline) for the target logit.
+    Holds only when every ReLU6 gets the Rescale rule (captum alone passes ReLU6 as linear: off by ~60 %)."""
+    x = gallery_x["chelsea"]
+    res = explain(lite0, x, "deeplift", target=TARGETS[0], baseline=baseline)
+    base = baseline_tensor(lite0, x, baseline)
+    with torch.no_grad():
+        delta = float(lite0.model(x)[0, TARGETS[0]] - lite0.model(base)[0, TARGETS[0]])
+    assert abs(float(res.attribution.sum()) - delta) < 1e-3 * max(1.0, abs(delta))
+
+
+def test_library_view_is_left_clean_even_when_the_library_raises(lite0, gallery_x):
+    from explainers.guard import count_hooks
+    from explainers.methods.gradients import run_captum
+
+    x = gallery_x["chelsea"]
+    explain(lite0, x, "guided-backprop", target=TARGETS[1])
+    explain(lite0, x, "deeplift", target=TARGETS[1])
+    views = [library_view(lite0.model, form) for form in ("guided", "rescale")]
+    assert [count_hooks(v) for v in views] == [0, 0]
+
+    class Exploding:
+        def __init__(self, model):
+            model.register_forward_hook(lambda *a: None)
+            self.model = model
+
+        def attribute(self, *args, **kwargs):
+            raise RuntimeError("library failed")
+
+    with pytest.raises(RuntimeError, match="library failed"):
+        run_captum(lite0, x, Exploding, view="rescale", target=torch.tensor([TARGETS[0]]))
+    assert [count_hooks(v) for v in views] == [0, 0] and count_hooks(lite0.model) == 0
+    assert not any(p.requires_grad for v in views for p in v.parameters())

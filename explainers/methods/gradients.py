@@ -10,6 +10,7 @@ model (:func:`model_guard`; captum's GuidedBackprop/DeepLift register hooks and 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..guard import model_guard
 from ..models import ModelBundle
 from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
+from .library_view import view_guard
 
 BASELINE_OPTION = Option("baseline", "choice", "black", choices=("black", "blurred"),
                          help="Reference image: black (all-zero pixels) or a Gaussian-blurred copy of the input.")
@@ -38,9 +40,13 @@ def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str) -> torch.Te
     raise ValueError(kind)
 
 
-def run_captum(bundle: ModelBundle, x: torch.Tensor, make, **attribute_kwargs: Any) -> MethodOutput:
-    """``make(model).attribute(x, target=targets, **kwargs)`` under the model guard, channel-summed."""
-    with model_guard(bundle) as model:
+def run_captum(bundle: ModelBundle, x: torch.Tensor, make, view: str | None = None,
+               **attribute_kwargs: Any) -> MethodOutput:
+    """``make(model).attribute(x, target=targets, **kwargs)`` under the model guard, channel-summed.
+
+    ``view``: run on that form of the library view of the model (for the methods whose rules captum attaches
+    by exact module type: Guided Backprop "guided", DeepLift "rescale"; see library_view.py)."""
+    with model_guard(bundle) as shared, (view_guard(shared, view) if view else nullcontext(shared)) as model:
         attr = make(model).attribute(x.detach().clone().requires_grad_(True), **attribute_kwargs)
     return MethodOutput(attribution=attr.detach().sum(1), native_resolution=tuple(x.shape[-2:]))
 
@@ -82,13 +88,14 @@ def _smoothgrad(bundle, x, targets, opts):
 def _guided_backprop(bundle, x, targets, opts):
     from captum.attr import GuidedBackprop
 
-    return run_captum(bundle, x, GuidedBackprop, target=targets)
+    return run_captum(bundle, x, GuidedBackprop, view="guided", target=targets)
 
 
 def _deeplift(bundle, x, targets, opts):
     from captum.attr import DeepLift
 
-    return run_captum(bundle, x, DeepLift, target=targets, baselines=baseline_tensor(bundle, x, opts["baseline"]))
+    return run_captum(bundle, x, DeepLift, view="rescale", target=targets,
+                      baselines=baseline_tensor(bundle, x, opts["baseline"]))
 
 
 register(MethodSpec(
@@ -123,12 +130,13 @@ register(MethodSpec(
     id="guided-backprop", name="Guided Backprop", family="gradient", fn=_guided_backprop,
     model_families=CNN_FAMILIES, signed=True,
     description="Gradient with only positive signals through ReLUs (Springenberg et al. 2015) via captum; signed. "
-                "captum guides nn.ReLU modules only: on EfficientNet-Lite (ReLU6) it equals the plain gradient.",
+                "EfficientNet-Lite's ReLU6 is guided as ReLU then clamp at 6 (captum guides nn.ReLU only).",
 ))
 register(MethodSpec(
     id="deeplift", name="DeepLift", family="gradient", fn=_deeplift, options=(BASELINE_OPTION,),
     model_families=frozenset({"efficientnet", "vgg"}), signed=True,
     description="Rescale-rule difference-from-reference attribution (Shrikumar et al. 2017) via captum; signed. "
                 "EfficientNet and VGG only: captum's DeepLift needs each nonlinearity as its own module, and "
-                "torchvision ResNets reuse one ReLU module per block (captum raises on them).",
+                "torchvision ResNets reuse one ReLU module per block (captum raises on them). EfficientNet-Lite's "
+                "ReLU6 gets the Rescale rule as 6 - relu(6 - relu(x)) (captum's table has no ReLU6).",
 ))
