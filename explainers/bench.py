@@ -1,7 +1,8 @@
 """Speed benchmark: median seconds per image per method, and the ratio to one forward pass.
 
 Run ``python -m explainers bench speed --model efficientnet_lite0 --methods gradcam --repeat 5``;
-options per method inline: ``--methods "scorecam@top_k=64+batch_size=32,scorecam@top_k=-1"``.
+options per method inline: ``--methods "scorecam@top_k=64+batch_size=32,scorecam@top_k=-1"``;
+a family name times every method of it the model supports: ``--methods cam,gradient``.
 Measured here, not in a timed test, so CI stays deterministic.
 """
 
@@ -66,6 +67,23 @@ def parse_method_options(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.partition("@")
     opts = dict(item.split("=", 1) for item in rest.split("+") if "=" in item)
     return name, opts
+
+
+def expand_methods(tokens: list[str], model_family: str) -> list[str]:
+    """Method ids from ``--methods`` tokens: an id (with inline options) stays as given; a method family
+    (``cam``, ``gradient``, ``lrp``, ``srd``) or ``all`` becomes every registered method of that family that
+    supports ``model_family``, in registry order, so one command times a whole family."""
+    from .registry import METHODS
+
+    families = {spec.family for spec in METHODS.values()}
+    out: list[str] = []
+    for token in tokens:
+        if token == "all" or token in families:
+            out += [m for m, spec in METHODS.items()
+                    if (token == "all" or spec.family == token) and spec.supports(model_family) and m not in out]
+        elif token not in out:
+            out.append(token)
+    return out
 
 
 def speed(bundle: ModelBundle, methods: list[str], repeat: int = 5, batch: int = 1,

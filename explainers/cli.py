@@ -133,7 +133,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .models import load_model
 
     bundle = load_model(args.model, device=args.device, weights=args.weights)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = bench.expand_methods([m.strip() for m in args.methods.split(",") if m.strip()], bundle.family)
     for batch in args.batch:
         print(bench.speed_with_reference(bundle, methods, repeat=args.repeat, batch=batch))  # + zennit for LRP
         print()
@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("speed", help="seconds per image and ratio to a forward pass")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--weights", default="default")
-    p.add_argument("--methods", default="gradcam")
+    p.add_argument("--methods", default="gradcam",
+                   help="comma-separated ids (options inline: scorecam@top_k=64), or families: cam, gradient, lrp, "
+                        "srd, all (every method of the family that supports the model)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
