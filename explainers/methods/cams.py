@@ -150,10 +150,8 @@ def batched_fullgrad_class():
             total = torch.zeros(input_tensor.shape[0], 1, height, width)
             for m in maps:
                 m = m.float().cpu()
-                flat = m.flatten(2)
-                m = m - flat.min(-1).values[..., None, None]
-                m = m / (1e-7 + m.flatten(2).max(-1).values[..., None, None])
-                summed = m.sum(1, keepdim=True)
+                lo, hi = m.flatten(2).aminmax(dim=-1)  # per image and channel, as the library's loop
+                summed = ((m - lo[..., None, None]) / (1e-7 + (hi - lo)[..., None, None])).sum(1, keepdim=True)
                 if summed.shape[-2:] != (height, width):
                     summed = torch.nn.functional.interpolate(summed, size=(height, width), mode="bilinear",
                                                              align_corners=False)

@@ -74,8 +74,9 @@ def _needs_view(model: nn.Module) -> bool:
 def _plain_batchnorm(fused: nn.BatchNorm2d) -> nn.BatchNorm2d:
     plain = nn.BatchNorm2d(fused.num_features, eps=fused.eps, momentum=fused.momentum, affine=fused.affine,
                            track_running_stats=fused.track_running_stats)
-    plain.load_state_dict({k: v for k, v in fused.state_dict().items() if k in plain.state_dict()})
-    return plain.to(next(iter(fused.state_dict().values())).device)
+    state = {k: v for k, v in fused.state_dict().items() if k in plain.state_dict()}
+    plain.load_state_dict(state)
+    return plain.to(next(iter(state.values())).device) if state else plain
 
 
 def _rewrite(module: nn.Module, form: str) -> None:
