@@ -30,34 +30,40 @@ def as_numpy(attribution: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr
 
 
-def scale(attribution, signed: bool) -> np.ndarray:
+def scale(attribution, signed: bool, clip: float = 100.0) -> np.ndarray:
     """Map values to [0, 1] for a colormap.
 
-    signed: [-m, m] -> [0, 1] with m = max |A| (zero lands on 0.5);
-    positive: [0, max] -> [0, 1], negative values clipped to 0.
+    signed: [-m, m] -> [0, 1] with m = the ``clip`` percentile of |A| (zero lands on 0.5);
+    positive: [0, m] -> [0, 1] with m = the ``clip`` percentile of the positive part, negatives clipped to 0.
+    ``clip`` = 100 uses the maximum.  Pixel-level gradient maps have a few extreme pixels: scaled by the
+    maximum the rest is near zero and the map looks blank, so the app clips at 99.5 by default (captum's
+    ``visualize_image_attr`` clips at 98).  Values beyond m take the end colour.
     """
     arr = as_numpy(attribution)
-    if signed:
-        m = float(np.abs(arr).max())
-        return np.full_like(arr, 0.5) if m == 0 else 0.5 + 0.5 * arr / m
-    pos = np.clip(arr, 0, None)
-    m = float(pos.max())
-    return np.zeros_like(pos) if m == 0 else pos / m
+    if not 0 < clip <= 100:
+        raise ValueError(f"clip must be a percentile in (0, 100], not {clip}")
+    values = np.abs(arr) if signed else np.clip(arr, 0, None)
+    m = float(values.max())
+    if clip < 100 and m > 0:
+        m = float(np.percentile(values, clip)) or m  # a sparse map's percentile can be 0: keep the maximum
+    if m == 0:
+        return np.full_like(arr, 0.5 if signed else 0.0)
+    return 0.5 + 0.5 * np.clip(arr / m, -1, 1) if signed else np.clip(values / m, 0, 1)
 
 
-def colorize(attribution, signed: bool = False, cmap: str | None = None) -> np.ndarray:
-    """HxW map -> HxWx3 uint8 heatmap."""
+def colorize(attribution, signed: bool = False, cmap: str | None = None, clip: float = 100.0) -> np.ndarray:
+    """HxW map -> HxWx3 uint8 heatmap (``clip``: see :func:`scale`)."""
     from matplotlib import colormaps
 
     name = cmap or (DIVERGING[0] if signed else SEQUENTIAL[0])
-    rgba = colormaps[name](scale(attribution, signed))
+    rgba = colormaps[name](scale(attribution, signed, clip))
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
 def overlay(image: Image.Image | np.ndarray, attribution, opacity: float = 0.5,
-            signed: bool = False, cmap: str | None = None) -> np.ndarray:
+            signed: bool = False, cmap: str | None = None, clip: float = 100.0) -> np.ndarray:
     """Blend a heatmap over the image (resized to the map's size); opacity 0 = image only."""
-    heat = colorize(attribution, signed, cmap)
+    heat = colorize(attribution, signed, cmap, clip)
     h, w = heat.shape[:2]
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     base = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32)

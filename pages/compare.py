@@ -17,11 +17,15 @@ st.title("Compare attribution methods")
 common.untrained_warning(bundle)
 chosen, options = common.method_picker(bundle, "compare_methods")
 
-c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
+c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2])
 opacity = c1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity")
 seq_cmap = c2.selectbox("Colormap", render.SEQUENTIAL, key="compare_cmap")
 div_cmap = c3.selectbox("Colormap (signed maps)", render.DIVERGING, key="compare_cmap_signed")
-per_row = c4.slider("Maps per row", 2, 5, 4, key="compare_per_row")
+clip = c4.slider("Colour limit (percentile)", 90.0, 100.0, 99.5, 0.5, key="compare_clip",
+                 help="The colour scale ends at this percentile of |relevance|; larger values saturate. "
+                      "100 = the maximum. Pixel-level gradient maps look blank at 100 because of a few "
+                      "extreme pixels. Display only: nothing is recomputed.")
+per_row = c5.slider("Maps per row", 2, 5, 4, key="compare_per_row")
 
 preds = " · ".join(f"**{short_name(n)}** {p:.1%}" for _, n, p in ctx.top5)
 st.markdown(f"Top-5: {preds}  \nExplaining **{ctx.target}: {bundle.class_names[ctx.target]}**")
@@ -99,7 +103,7 @@ for start in range(0, len(tiles), per_row):
             try:
                 shown = spec.display_map(res.attribution, options.get(tile, {}))
                 rgb = render.overlay(ctx.display, shown, opacity=opacity, signed=res.signed,
-                                     cmap=div_cmap if res.signed else seq_cmap)
+                                     cmap=div_cmap if res.signed else seq_cmap, clip=clip)
             except Exception as exc:  # noqa: BLE001
                 common.show_error(exc)
                 continue

@@ -35,6 +35,7 @@ def test_display_controls_do_not_recompute(monkeypatch):
     monkeypatch.setattr(registry, "explain_batch", lambda *a, **k: calls.append(1) or original(*a, **k))
     at.slider(key="compare_opacity").set_value(0.9).run()
     at.selectbox(key="compare_cmap").set_value("inferno").run()
+    at.slider(key="compare_clip").set_value(95.0).run()
     assert not at.exception
     assert calls == []
 

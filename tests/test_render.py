@@ -62,3 +62,23 @@ def test_non_finite_maps_are_reported_not_drawn():
 def test_upsample_bilinear_to_input_size():
     up = render.upsample(torch.ones(7, 7), (224, 224))
     assert up.shape == (224, 224) and torch.allclose(up, torch.ones(224, 224))
+
+
+def test_percentile_clip_makes_a_map_with_one_outlier_visible():
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 1, (64, 64)).astype(np.float32)
+    arr[0, 0] = 1000.0  # one extreme pixel, as in raw gradient maps
+    by_max = render.scale(arr, signed=True)
+    clipped = render.scale(arr, signed=True, clip=99.0)
+    assert np.abs(by_max - 0.5).mean() < 0.002  # almost everything at the centre colour: looks blank
+    assert np.abs(clipped - 0.5).mean() > 0.1
+    assert clipped.min() >= 0 and clipped.max() == 1.0 and clipped[0, 0] == 1.0  # the outlier saturates
+    assert abs(float(render.scale(np.zeros((4, 4)), signed=True, clip=99.0).mean()) - 0.5) < 1e-9
+    # zero stays the centre colour, whatever the clip
+    assert render.scale(np.array([[-1.0, 0.0, 3.0]]), signed=True, clip=50.0)[0, 1] == 0.5
+    # a sparse positive map whose percentile is 0 falls back to its maximum
+    sparse = np.zeros((10, 10), np.float32)
+    sparse[3, 3] = 2.0
+    assert render.scale(sparse, signed=False, clip=99.0).max() == 1.0
+    with pytest.raises(ValueError):
+        render.scale(arr, signed=True, clip=0)
