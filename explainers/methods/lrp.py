@@ -16,12 +16,12 @@ import torch
 
 from ..guard import model_guard
 from ..models import ModelBundle
-from ..propagation import COMPOSITES, INPUT_RULES, RESIDUAL_RULES, RuleSet, make_composite, propagate
+from ..propagation import COMPOSITES, INPUT_RULES, RESIDUAL_RULES, LRPRules, make_composite, propagate
 from ..propagation.quantize import postprocess
 from ..registry import CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
 
 
-def rule_set(bundle: ModelBundle | None, opts: dict[str, Any]) -> RuleSet:
+def rule_set(bundle: ModelBundle | None, opts: dict[str, Any]) -> LRPRules:
     """The engine's rule set for validated ``lrp``/``resnet-lrp`` options."""
     stabilizer = float(opts.get("stabilizer", 1e-9))
     bounds = None
@@ -31,7 +31,7 @@ def rule_set(bundle: ModelBundle | None, opts: dict[str, Any]) -> RuleSet:
         bounds = ((0 - mean) / std, (1 - mean) / std)  # pixel range [0, 1] after normalisation (for z^B)
     composite = make_composite(opts["rule"], eps=float(opts["eps"]), stabilizer=stabilizer,
                                input_rule=opts.get("input_rule", "composite"), bounds=bounds)
-    return RuleSet(layer=composite, residual=RESIDUAL_RULES[opts["residual"]](stabilizer),
+    return LRPRules(layer=composite, residual=RESIDUAL_RULES[opts["residual"]](stabilizer),
                    include_identity=bool(opts["include_identity"]), bn=opts["bn"], maxpool=opts["maxpool"],
                    stabilizer=stabilizer, start=opts["start"])
 

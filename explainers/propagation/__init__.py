@@ -3,7 +3,8 @@
 Used by ``lrp`` and ``resnet-lrp`` (explainers/methods/lrp.py) and meant to be reused by
 absLRP and SRD.  How to add a method:
 
-- subclass :class:`RuleSet` and override ``rule_<kind>`` for the node kinds whose rule differs
+- subclass :class:`RuleSet` (``ruleset.py``, the walker's interface) and implement ``rule_<kind>``
+  for the node kinds whose rule differs
   (kinds: conv, linear, bn, act, pass, maxpool, avgpool, mean, reshape, add); each gets an
   :class:`OpContext` (node, its data inputs, ``env`` with the forward values) and the relevance of the
   node's output, and returns the relevance of each data input;
@@ -27,24 +28,24 @@ from .rules import (
     Flat,
     LayerContext,
     LayerRule,
-    OpContext,
+    LRPRules,
     Proportional,
     Ratio,
     ResidualContext,
     ResidualRule,
-    RuleSet,
     Symmetric,
     ZBox,
     ZPlus,
     modified_vjp,
-    stabilize,
     start_relevance,
 )
+from .ruleset import OpContext, RuleSet, stabilize
 
 __all__ = [
     "COMPOSITES", "INPUT_RULES", "RESIDUAL_RULES", "AlphaBeta", "BlockShare", "Epsilon", "Flat", "LayerContext",
-    "LayerRule", "NodeTotal", "OpContext", "PropGraph", "Propagation", "PropagationTrace", "Proportional", "Ratio",
-    "Residual", "ResidualContext", "ResidualRule", "RuleSet", "Symmetric", "UnsupportedOperation", "ZBox", "ZPlus",
+    "LayerRule", "LRPRules", "NodeTotal", "OpContext", "PropGraph", "Propagation", "PropagationTrace", "Proportional",
+    "Ratio", "Residual", "ResidualContext", "ResidualRule", "RuleSet", "Symmetric", "UnsupportedOperation", "ZBox",
+    "ZPlus",
     "build_graph", "forward", "heat_quantize", "make_composite", "modified_vjp", "propagate", "stabilize",
     "start_relevance",
 ]

@@ -78,7 +78,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import PropGraph, UnsupportedOperation, batch_norm_stats
-from .rules import Composite, OpContext, RuleSet, clamped
+from .rules import Composite, LRPRules, clamped
+from .ruleset import OpContext
 
 Tensor = torch.Tensor
 
@@ -174,7 +175,7 @@ def _per_image(t: Tensor, batch: int) -> Tensor:
 
 
 @dataclass
-class AbsLRPRules(RuleSet):
+class AbsLRPRules(LRPRules):
     """absLRP's rules for every node kind of the engine (see the module docstring)."""
 
     layer: Composite = field(default=None)  # type: ignore[assignment]  # unused: conv/linear have one rule

@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from .graph import PropGraph, build_graph, run_node
-from .rules import OpContext, RuleSet
+from .ruleset import OpContext, RuleSet
 
 Tensor = torch.Tensor
 

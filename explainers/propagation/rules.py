@@ -26,53 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from .graph import PropGraph, Residual, UnsupportedOperation, batch_norm_params, run_node
+from .graph import PropGraph, Residual, UnsupportedOperation, batch_norm_params
+from .ruleset import OpContext, RuleSet, stabilize
 
 Tensor = torch.Tensor
-
-
-def stabilize(z: Tensor, eps: float, nonneg: bool = False) -> Tensor:
-    """z + eps * sign(z) with sign(0) = +1 (as zennit's ``stabilize``); eps = 0 only guards exact zeros.
-
-    ``nonneg``: z is known to be >= 0 (z+ denominators), which saves three elementwise passes."""
-    if nonneg:
-        return z + eps if eps > 0 else z.clamp_min(torch.finfo(z.dtype).tiny)
-    if eps > 0:
-        return z + eps * (z.sign() + (z == 0).to(z.dtype))
-    return torch.where(z == 0, torch.ones_like(z), z)
-
-
-@dataclass
-class OpContext:
-    """What a rule may look at for one node."""
-
-    graph: PropGraph
-    node: fx.Node
-    kind: str
-    inputs: list[Tensor]  # the node's data inputs (activations), in graph.data_inputs order
-    env: dict[fx.Node, Any]  # every value of the forward pass still alive (for rules like SRD)
-    name: str = ""
-    # Relevance a rule assigns to constants rather than to data inputs (absLRP: a ViT's class token and
-    # position embedding), as (label, per-image total [B]); the engine records them in the trace.
-    sinks: list[tuple[str, Tensor]] = field(default_factory=list)
-
-    @property
-    def x(self) -> Tensor:
-        return self.inputs[0]
-
-    @property
-    def module(self) -> nn.Module | None:
-        return self.graph.module.get_submodule(str(self.node.target)) if self.node.op == "call_module" else None
-
-    def rerun(self, *new_inputs: Tensor) -> Tensor:
-        """The node's own operation applied to other data inputs (for VJPs of parameter-free ops)."""
-        env = dict(self.env)
-        for n, v in zip(self.graph.data_inputs[self.node], new_inputs):
-            env[n] = v
-        for n in self.node.all_input_nodes:
-            if n not in env:
-                raise UnsupportedOperation(f"{self.name}: an input of this node is no longer available")
-        return run_node(self.graph.module, self.node, env, new_inputs[0])
 
 
 @dataclass
@@ -349,8 +306,8 @@ Composite = Callable[[PropGraph, fx.Node], LayerRule]
 
 
 @dataclass
-class RuleSet:
-    """The LRP family's rules for every kind of node.  Subclass and override to make another method."""
+class LRPRules(RuleSet):
+    """The LRP family's rules for every kind of node (``lrp``, ``resnet-lrp``)."""
 
     layer: Composite  # picks the conv/linear rule per node (a "composite")
     residual: ResidualRule = field(default_factory=Ratio)
@@ -363,20 +320,8 @@ class RuleSet:
     # but not conservative, such as absLRP); empty: never (the LRP rules conserve relevance).
     rescale_kinds: frozenset[str] = frozenset()
 
-    # -- dispatch ------------------------------------------------------------------------
-    def backward(self, op: OpContext, R: Tensor) -> list[Tensor | None]:
-        handler = getattr(self, f"rule_{op.kind}", None)
-        if handler is None:
-            raise UnsupportedOperation(f"no rule for {op.kind} nodes ({op.name})")
-        return handler(op, R)
-
     def start_relevance(self, logits: Tensor, targets: Tensor) -> Tensor:
         return start_relevance(logits, targets, self.start)
-
-    def keeps(self, graph: PropGraph) -> frozenset[fx.Node]:
-        """Forward values this rule set reads beyond ``graph.keep`` (layer inputs etc.); the engine's
-        forward keeps them alive and out of in-place activations.  The LRP rules need none."""
-        return frozenset()
 
     # -- per kind ------------------------------------------------------------------------
     def layer_context(self, op: OpContext) -> LayerContext:

@@ -56,7 +56,10 @@ from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .graph import PropGraph, UnsupportedOperation, batch_norm_params
-from .rules import OpContext, RuleSet
+from .linear import conv_transpose as _conv_transpose
+from .linear import output_padding as _output_padding
+from .rules import LRPRules
+from .ruleset import OpContext
 
 Tensor = torch.Tensor
 
@@ -91,37 +94,6 @@ def to_pre_activation(R: Tensor, v: Tensor) -> Tensor:
     """g_j = R_j v_j / norm(v_j)^2: then <v_hat_(i->j), g_j> = mu_(i->j) R_j (Eq. 6-7).  A PFV that is
     exactly zero has no contributions to share by, so its relevance (if any) stops there."""
     return _safe_div(R, sq_norm(v)) * v
-
-
-def _output_padding(in_size: tuple[int, ...], out_size: tuple[int, ...], kernel: tuple[int, int],
-                    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
-    pads = []
-    for k in range(2):
-        full = (out_size[k] - 1) * stride[k] - 2 * padding[k] + dilation[k] * (kernel[k] - 1) + 1
-        pads.append(in_size[k] - full)
-    return pads[0], pads[1]
-
-
-def _conv_transpose(g: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                    dilation: tuple[int, int], groups: int, size: tuple[int, int],
-                    weight_t: Tensor | None = None) -> Tensor:
-    """W^T g for a conv whose input had spatial ``size`` (the VJP with respect to the input).
-
-    Two CPU fast paths, same numbers: a 1x1 conv's transpose is a 1x1 conv with the transposed weight
-    (PyTorch's transposed-conv kernel is several times slower there), and depthwise transposes run in
-    channels-last layout (2-3x faster with oneDNN)."""
-    kernel = (weight.shape[-2], weight.shape[-1])
-    if kernel == (1, 1) and padding == (0, 0) and groups == 1:
-        y = F.conv2d(g, weight.transpose(0, 1) if weight_t is None else weight_t)
-        if stride == (1, 1) and tuple(y.shape[-2:]) == size:
-            return y
-        out = g.new_zeros(g.shape[0], weight.shape[1], *size)
-        out[..., : y.shape[-2] * stride[0] : stride[0], : y.shape[-1] * stride[1] : stride[1]] = y
-        return out
-    if groups > 1 and groups == weight.shape[0] and g.is_floating_point():
-        g = g.contiguous(memory_format=torch.channels_last)
-    pad = _output_padding(size, tuple(g.shape[-2:]), kernel, stride, padding, dilation)
-    return F.conv_transpose2d(g, weight, None, stride, padding, pad, groups, dilation)
 
 
 def bias_shares(x: Tensor, beta: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
@@ -299,7 +271,7 @@ def _unused_composite(graph: PropGraph, node: fx.Node):  # RuleSet wants one; SR
 
 
 @dataclass
-class SRDRules(RuleSet):
+class SRDRules(LRPRules):
     """SRD as a :class:`RuleSet`: what flows between nodes is ``g`` (see the module docstring), and each
     non-linearity converts it into its PFV relevance map, records the map and starts the next segment.
 
