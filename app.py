@@ -14,7 +14,9 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import pages.common`
 
-st.set_page_config(page_title="Relevance Explorer", page_icon=":material/visibility:", layout="wide")
+ROOT = Path(__file__).resolve().parent
+# A local icon: a ":material/...:" page icon makes the browser fetch the favicon from a font CDN, which fails offline.
+st.set_page_config(page_title="Relevance Explorer", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 
 PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
