@@ -23,6 +23,15 @@ from .errors import InvalidImage
 
 MAX_PIXELS = 50_000_000  # refuse anything larger before decoding it
 MIN_SIDE = 16  # a 1x1 image upscaled to 224x224 is a flat colour: nothing to explain
+# Preprocessing resizes the SHORT side to the model's input (~256 px), so the resized image has
+# 256^2 x aspect pixels: a 100000x16 strip (4.8 KB as PNG, under the pixel limit) would become 256x1.6M
+# (~5 GB as float) before the centre crop.  Panoramas are at most ~10:1; 32:1 keeps that resize under
+# ~25 MB per image.
+MAX_ASPECT = 32
+# The formats the app names (and nothing else): Pillow's other plugins stay unreachable from an upload
+# (EPS, for one, hands the bytes to Ghostscript where it is installed).  Multi-picture JPEGs (MPO) open as JPEG.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We check the size ourselves from the header; keep PIL's own bomb check above ours.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 2
@@ -49,9 +58,10 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
 
     EXIF orientation is applied; grayscale, palette, 16-bit, CMYK and alpha
     images become RGB (alpha is composited on white); animated files give their
-    first frame.  Non-images, truncated files, images under 16 px on a side and
-    images over 50 megapixels raise :class:`InvalidImage` — the size check reads
-    only the header, so a 20000x20000 upload is refused before it is decoded.
+    first frame.  Non-images, formats other than :data:`FORMATS`, truncated files,
+    images under 16 px on a side, over 50 megapixels or beyond a 32:1 aspect ratio
+    raise :class:`InvalidImage` — the size checks read only the header, so a
+    20000x20000 upload is refused before it is decoded.
     """
     data = _as_bytes(source)
     if not data:
@@ -59,7 +69,7 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL refuses from the header alone, before decoding; say how big it claimed to be.
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -67,10 +77,24 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
         raise InvalidImage(f"{name} is too large{size}; the limit is {MAX_PIXELS / 1e6:.0f} MP. "
                            "Please downscale it first.") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImage(f"{name} is not an image we can read (PNG, JPEG, WebP, BMP, TIFF, GIF ...).") from exc
+        raise InvalidImage(f"{name} is not an image we can read ({FORMAT_NAMES}).") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt headers raise many types
         raise InvalidImage(f"{name} could not be opened as an image ({type(exc).__name__}).") from exc
-    width, height = img.size
+    check_size(*img.size, name)
+    try:
+        img.seek(0)  # animated GIF/WebP/APNG, multi-page TIFF: only the first frame is ever decoded
+        check_size(*img.size, name)  # a frame may declare another size than the file header
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except InvalidImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, odd modes
+        raise InvalidImage(f"{name} is damaged or truncated and could not be decoded ({type(exc).__name__}).") from exc
+
+
+def check_size(width: int, height: int, name: str = "the image") -> None:
+    """Refuse what preprocessing cannot afford: over MAX_PIXELS, under MIN_SIDE a side, or beyond MAX_ASPECT."""
     if width * height > MAX_PIXELS:
         raise InvalidImage(
             f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
@@ -81,15 +105,13 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
             f"{name} is only {width}x{height} pixels; it needs at least {MIN_SIDE} px on each side "
             "to be explained meaningfully."
         )
-    try:
-        img.seek(0)  # animated GIF/WebP/APNG: the first frame
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
-    except InvalidImage:
-        raise
-    except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, odd modes
-        raise InvalidImage(f"{name} is damaged or truncated and could not be decoded ({type(exc).__name__}).") from exc
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise InvalidImage(
+            f"{name} is {width}x{height} pixels (aspect {aspect:.0f}:1); resizing its short side to the model's "
+            f"input would need about {aspect * 256 * 256 * 12 / 1e9:.1f} GB. The limit is {MAX_ASPECT}:1: "
+            "please crop it first."
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

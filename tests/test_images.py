@@ -120,3 +120,20 @@ def test_gallery_builds_from_installed_packages():
         assert img.mode == "RGB" and min(img.size) >= 100 and item.label
         hashes.add(image_hash(item.png_bytes()))
     assert len(hashes) == len(items)
+
+
+def test_long_strips_are_refused_by_what_their_resize_would_cost():
+    # 100000x16 is 1.6 MP (under the pixel limit) but its short side resized to 256 would be 256x1.6M px.
+    with pytest.raises(InvalidImage, match=r"100000x16 pixels \(aspect 6250:1\).*limit is 32:1"):
+        load_image(fake_png_header(100000, 16))
+    assert load_image(png(Image.new("RGB", (512, 16)))).size == (512, 16)  # exactly 32:1 is fine
+
+
+def test_formats_outside_the_named_ones_are_refused():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    with pytest.raises(InvalidImage, match="not an image we can read .PNG, JPEG"):
+        load_image(eps, name="x.eps")
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(buf, format="PPM")  # a real image, but not a format we name
+    with pytest.raises(InvalidImage, match="not an image we can read"):
+        load_image(buf.getvalue())
