@@ -45,3 +45,15 @@ class UnknownClass(ExplainerError):
 
 class NonFiniteAttribution(ExplainerError):
     """The map contains NaN or Inf; we report it instead of rendering garbage."""
+
+
+class InvalidLabels(ExplainerError):
+    """A labels file that cannot be read, or whose class count does not match the model's head."""
+
+
+class InvalidDataset(ExplainerError):
+    """A dataset source that is missing, empty, or whose labels do not match the model's classes."""
+
+
+class ConfigError(ExplainerError):
+    """A mistake in relevance-explorer.toml: an unknown key, a missing file, a wrong class count."""
