@@ -30,7 +30,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .registry import explain, get_method
 
     image = load_image(args.image, name=str(args.image))
-    bundle = load_model(args.model, device=args.device, weights=args.weights)
+    bundle = load_model(args.model, device=args.device, weights=args.weights, labels=args.labels,
+                        num_classes=args.num_classes)
     x = bundle.preprocess(image)
     top5 = bundle.topk(x, 5)
     target: int | str | None = args.target if args.target is not None else args.target_name
@@ -188,8 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain one image and write a heatmap")
     p.add_argument("image", help="image file (PNG, JPEG, ...)")
-    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="a zoo name, a model of relevance-explorer.toml, timm:NAME, torchvision:NAME or "
+                        "package.module:function (trusted code)")
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a state-dict file")
+    p.add_argument("--labels", help="class names of the model's head: one per line, or JSON")
+    p.add_argument("--num-classes", type=int, help="the head's class count (default: from labels or checkpoint)")
     p.add_argument("--method", default="gradcam")
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target", type=int, help="class index to explain (default: the prediction)")

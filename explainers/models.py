@@ -128,7 +128,7 @@ class ModelBundle:
     def topk(self, x: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
         """Top-k (index, name, probability) for the first image of ``x``."""
         probs = self.predict(x[:1])[0]
-        values, indices = probs.topk(k)
+        values, indices = probs.topk(min(k, probs.numel()))  # a head can have fewer than k classes
         return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
@@ -361,17 +361,39 @@ def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torc
     )
 
 
+def _load_other(name: str, device: str | torch.device | None, weights: str, labels: str | None = None,
+                num_classes: int | None = None) -> ModelBundle:
+    """A model named in relevance-explorer.toml, or an ad-hoc source (timm:NAME, torchvision:NAME, pkg.mod:fn)."""
+    from .config import load_config
+    from .model_sources import is_source_spec, load_source
+
+    entry = load_config().models.get(name)
+    if entry is not None:
+        chosen = str(entry.checkpoint) if (weights == "default" and entry.checkpoint) else weights
+        return load_source(entry.source, device=device, weights=chosen,
+                           labels=str(entry.labels) if entry.labels else None, num_classes=entry.num_classes,
+                           preprocessing=entry.preprocessing, display_name=name)
+    if is_source_spec(name) or name in MODEL_SPECS:
+        return load_source(name, device=device, weights=weights, labels=labels, num_classes=num_classes)
+    raise UnknownModel(f"Unknown model {name!r}. Known models: {', '.join(MODEL_SPECS)}; or timm:NAME, "
+                       "torchvision:NAME, package.module:function, or a model of relevance-explorer.toml.")
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
-               weights: str = "default") -> ModelBundle:
-    """Build a model of the zoo and load weights.
+               weights: str = "default", labels: str | None = None,
+               num_classes: int | None = None) -> ModelBundle:
+    """Build a model of the zoo (or of relevance-explorer.toml, or ``timm:NAME`` / ``torchvision:NAME`` /
+    ``package.module:function``) and load weights.
+
+    ``labels`` / ``num_classes``: a model source's own head (see :mod:`explainers.model_sources`).
 
     ``weights``: ``"default"`` (trained weights from the embedded file, a cache or
     a download), ``"untrained"`` (random init, labelled so) or a path to a
     state-dict checkpoint.  Raises :class:`WeightsUnavailable` when trained
     weights cannot be had; never falls back to random weights silently.
     """
-    if name not in MODEL_SPECS:
-        raise UnknownModel(f"Unknown model {name!r}. Known models: {', '.join(MODEL_SPECS)}.")
+    if name not in MODEL_SPECS or labels is not None or num_classes is not None:
+        return _load_other(name, device, weights, labels, num_classes)
     spec = MODEL_SPECS[name]
     dev = resolve_device(device)
     model, prep = _build(spec)
