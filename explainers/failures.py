@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .errors import InvalidImage
 from .images import image_hash, load_image
 from .metrics import insertion_deletion
 from .models import ModelBundle
@@ -91,19 +92,33 @@ def suggest(id_score: float, area: float, settings: TriageSettings = TriageSetti
                         "relevance probably sits on the wrong region.")
 
 
+class TriageItems(list):
+    """The triaged items (a list, worst first) plus ``skipped``: (name, reason) of each image that could
+    not be decoded, so a folder with one broken file still gives every other result and says which."""
+
+    def __init__(self, items: Sequence[TriageItem] = (), skipped: Sequence[tuple[str, str]] = ()):
+        super().__init__(items)
+        self.skipped: list[tuple[str, str]] = list(skipped)
+
+
 def triage(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method: str,
-           options: Mapping[str, Any] | None = None, settings: TriageSettings = TriageSettings()) -> list[TriageItem]:
+           options: Mapping[str, Any] | None = None, settings: TriageSettings = TriageSettings()) -> TriageItems:
     """Explain each image's predicted class, score it, and suggest a failure category.
 
     Returns items sorted by ascending ID score (worst first).  Images that cannot
-    be decoded are skipped with their error as the reason (never a crash).
+    be decoded are skipped and listed in ``.skipped`` with their reason (never a crash).
     """
     spec = get_method(method)
     compute, shown = spec.split_options(spec.resolve_options(dict(options or {})))
     items: list[TriageItem] = []
+    skipped: list[tuple[str, str]] = []
     for k, (name, data) in enumerate(images):
         report(k / max(len(images), 1), f"{name} ({k + 1}/{len(images)})")
-        image = load_image(data, name=name)
+        try:
+            image = load_image(data, name=name)
+        except InvalidImage as exc:
+            skipped.append((name, str(exc)))
+            continue
         x = bundle.preprocess(image)
         res = explain(bundle, x, method, **compute)
         shown_map = spec.display_map(res.attribution, {**compute, **shown})
@@ -118,17 +133,17 @@ def triage(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method: str
             suggestion=category, reason=reason, attribution=res.attribution, fractions=curves.fractions,
             insertion_curve=curves.insertion[0], deletion_curve=curves.deletion[0],
         ))
-    report(1.0, "done")
-    return sorted(items, key=lambda item: item.id_score)
+    report(1.0, "done" if not skipped else f"done; {len(skipped)} undecodable file(s) skipped")
+    return TriageItems(sorted(items, key=lambda item: item.id_score), skipped)
 
 
-def resuggest(items: Sequence[TriageItem], settings: TriageSettings) -> list[TriageItem]:
+def resuggest(items: Sequence[TriageItem], settings: TriageSettings) -> TriageItems:
     """The same measurements under other thresholds: moving a threshold never recomputes a map."""
     out = []
     for item in items:
         failure, category, reason = suggest(item.id_score, item.attributed_area, settings)
         out.append(replace(item, failure=failure, suggestion=category, reason=reason))
-    return out
+    return TriageItems(out, getattr(items, "skipped", ()))
 
 
 def table_d(labels: Sequence[Any]) -> dict[str, dict[str, int]]:

@@ -226,13 +226,14 @@ def family_of(model: nn.Module) -> str:
 
 def load_source(spec: str, device: str | torch.device | None = None, weights: str = "default",
                 labels: str | None = None, num_classes: int | None = None,
-                preprocessing: Mapping[str, Any] | None = None, display_name: str | None = None):
+                preprocessing: Mapping[str, Any] | None = None, display_name: str | None = None, seed: int = 0):
     """A :class:`~explainers.models.ModelBundle` for a model source (see :func:`parse_source`).
 
     ``weights``: "default" (the library's trained ImageNet weights from a cache or a download; only for a
     1000-class head), "untrained", or a checkpoint path (its head size is read from it when ``num_classes``
     and ``labels`` do not say).  ``labels``: a labels file; without one a 1000-class model gets the ImageNet
-    names and any other head 'class 0', 'class 1', ...
+    names and any other head 'class 0', 'class 1', ...  ``seed``: the random initialisation (so an untrained
+    model is the same network, with the same fingerprint, on every load).
     """
     from . import models as zoo
     from .classes import imagenet_class_names
@@ -254,14 +255,16 @@ def load_source(spec: str, device: str | torch.device | None = None, weights: st
     if num_classes is None and state is not None:  # build once at the default size to find the head's keys
         probe, _ = build(source)
         num_classes = head_classes(state, probe)
-    model, prep = build(source, num_classes)
+    with zoo._SEED_LOCK, torch.random.fork_rng(devices=[]):  # as zoo models: libraries draw from the global RNG
+        torch.manual_seed(int(seed))
+        model, prep = build(source, num_classes)
     classes = output_count(model)
     if names is not None:
         check_count(names, classes, display_name or spec)
     else:
         names = imagenet_class_names() if classes == IMAGENET_CLASSES else default_names(classes)
     if weights == "untrained":
-        trained, where = False, "untrained (random initialisation, architecture only)"
+        trained, where = False, f"untrained (random initialisation from seed {int(seed)}, architecture only)"
     elif weights == "default":
         if source.kind == "factory":
             raise zoo.WeightsUnavailable(f"{spec}: a factory model has no library weights; pass a checkpoint file "

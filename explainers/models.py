@@ -2,11 +2,16 @@
 
 Weights are never invented: a model either has trained weights (embedded, a
 local cache, a download, or a user's checkpoint) or the caller asked for
-``weights="untrained"`` and the bundle says so (``bundle.trained is False``).
+``weights="untrained"`` and the bundle says so (``bundle.trained is False``);
+an untrained model is initialised from a seed (default 0), so it is the same
+network on every load.  ``bundle.fingerprint`` hashes the loaded weights: it,
+never the display name, keys everything stored or cached about a model.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import threading
@@ -84,6 +89,9 @@ class ModelBundle:
     trained: bool
     weights_source: str
     prep: Preprocessing
+    seed: int = 0  # initialisation seed (what an untrained model's weights are)
+    # Kept for callers that still serialise their own forwards with it; the guard no longer takes it
+    # (read-only use is lock-free and mutating methods run on private views, see guard.py).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -92,8 +100,17 @@ class ModelBundle:
 
     @property
     def label(self) -> str:
-        """Display name; an untrained model is always labelled as such."""
-        return self.name if self.trained else f"{self.name} (untrained)"
+        """Display name; an untrained model is always labelled as such (with its seed when not 0)."""
+        if self.trained:
+            return self.name
+        return f"{self.name} (untrained)" if self.seed == 0 else f"{self.name} (untrained, seed {self.seed})"
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``<name>-<16 hex>``: the architecture name and a SHA-256 of the state dict (every key, dtype,
+        shape and byte), computed once per load.  Two checkpoints of one architecture differ; the same
+        weights loaded twice (or an untrained model with the same seed) agree."""
+        return f"{self.name}-{state_fingerprint(self.model)}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB image -> normalised 1x3xHxW tensor on the bundle's device."""
@@ -121,9 +138,9 @@ class ModelBundle:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, Bx(num_classes), on the CPU."""
-        with self.lock:
-            return self.model(x.to(self.device)).softmax(-1).float().cpu()
+        """Softmax probabilities, Bx(num_classes), on the CPU.  No lock: a forward only reads the shared
+        model (nothing mutates it, see guard.py), so it never waits behind a slow method."""
+        return self.model(x.to(self.device)).softmax(-1).float().cpu()
 
     def topk(self, x: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
         """Top-k (index, name, probability) for the first image of ``x``."""
@@ -142,6 +159,16 @@ class ModelInfo:
     description: str
     available: bool
     where: str
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """16 hex digits of a SHA-256 over the model's state dict (names, dtypes, shapes and raw bytes)."""
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- devices
@@ -338,14 +365,15 @@ def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torc
     available, where = weights_location(spec)
     if available:
         return _read_state_dict(where), where
+    cause: Exception | None = None
     if spec.source == "torchvision":
         url = _torchvision_weights(spec.arch).url
         if _can_reach("download.pytorch.org"):
             try:
                 state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
                 return state, f"downloaded to {where}"
-            except Exception:  # noqa: BLE001 - any download failure means: unavailable
-                pass
+            except Exception as exc:  # noqa: BLE001 - any download failure means: unavailable (cause kept)
+                cause = exc
     else:
         if _can_reach("huggingface.co"):
             try:
@@ -353,16 +381,29 @@ def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torc
 
                 path = hf_hub_download(_timm_hub_id(spec.arch), "model.safetensors")
                 return _read_state_dict(path), f"downloaded to {path}"
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001
+                cause = exc
+    why = "cannot be downloaded" if cause is None else \
+        f"the download failed ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]})"
     raise WeightsUnavailable(
-        f"Trained weights for {spec.name} are not on this machine and cannot be downloaded. "
+        f"Trained weights for {spec.name} are not on this machine and {why}. "
         f"Put the file at {where} (or pass a checkpoint file), or choose 'untrained (architecture only)'."
-    )
+    ) from cause
+
+
+_SEED_LOCK = threading.Lock()
+
+
+def _seeded_build(spec: ModelSpec, seed: int) -> tuple[nn.Module, Preprocessing]:
+    """:func:`_build` with the global RNG seeded (and restored afterwards): the libraries initialise
+    from it and take no generator.  The lock keeps two seeded loads from interleaving."""
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(spec)
 
 
 def _load_other(name: str, device: str | torch.device | None, weights: str, labels: str | None = None,
-                num_classes: int | None = None) -> ModelBundle:
+                num_classes: int | None = None, seed: int = 0) -> ModelBundle:
     """A model named in relevance-explorer.toml, or an ad-hoc source (timm:NAME, torchvision:NAME, pkg.mod:fn)."""
     from .config import load_config
     from .model_sources import is_source_spec, load_source
@@ -372,15 +413,16 @@ def _load_other(name: str, device: str | torch.device | None, weights: str, labe
         chosen = str(entry.checkpoint) if (weights == "default" and entry.checkpoint) else weights
         return load_source(entry.source, device=device, weights=chosen,
                            labels=str(entry.labels) if entry.labels else None, num_classes=entry.num_classes,
-                           preprocessing=entry.preprocessing, display_name=name)
+                           preprocessing=entry.preprocessing, display_name=name,
+                           seed=entry.seed if seed == 0 else seed)
     if is_source_spec(name) or name in MODEL_SPECS:
-        return load_source(name, device=device, weights=weights, labels=labels, num_classes=num_classes)
+        return load_source(name, device=device, weights=weights, labels=labels, num_classes=num_classes, seed=seed)
     raise UnknownModel(f"Unknown model {name!r}. Known models: {', '.join(MODEL_SPECS)}; or timm:NAME, "
                        "torchvision:NAME, package.module:function, or a model of relevance-explorer.toml.")
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
-               weights: str = "default", labels: str | None = None,
+               weights: str = "default", seed: int = 0, labels: str | None = None,
                num_classes: int | None = None) -> ModelBundle:
     """Build a model of the zoo (or of relevance-explorer.toml, or ``timm:NAME`` / ``torchvision:NAME`` /
     ``package.module:function``) and load weights.
@@ -388,17 +430,17 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = No
     ``labels`` / ``num_classes``: a model source's own head (see :mod:`explainers.model_sources`).
 
     ``weights``: ``"default"`` (trained weights from the embedded file, a cache or
-    a download), ``"untrained"`` (random init, labelled so) or a path to a
-    state-dict checkpoint.  Raises :class:`WeightsUnavailable` when trained
+    a download), ``"untrained"`` (random init from ``seed``, labelled so) or a path
+    to a state-dict checkpoint.  Raises :class:`WeightsUnavailable` when trained
     weights cannot be had; never falls back to random weights silently.
     """
     if name not in MODEL_SPECS or labels is not None or num_classes is not None:
-        return _load_other(name, device, weights, labels, num_classes)
+        return _load_other(name, device, weights, labels, num_classes, seed)
     spec = MODEL_SPECS[name]
     dev = resolve_device(device)
-    model, prep = _build(spec)
+    model, prep = _seeded_build(spec, int(seed))
     if weights == "untrained":
-        trained, source = False, "untrained (random initialisation, architecture only)"
+        trained, source = False, f"untrained (random initialisation from seed {int(seed)}, architecture only)"
     elif weights == "default":
         state, source = _trained_state(spec, model)
         _load_into(model, state, source)
@@ -408,4 +450,4 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = No
         trained, source = True, f"checkpoint {weights}"
     model.eval().to(dev)
     return ModelBundle(model=model, name=name, family=spec.family, class_names=imagenet_class_names(),
-                       device=dev, trained=trained, weights_source=source, prep=prep)
+                       device=dev, trained=trained, weights_source=source, prep=prep, seed=int(seed))

@@ -137,8 +137,7 @@ def evaluate(bundle: ModelBundle, x: torch.Tensor, method: str, options: Mapping
         out["sparseness"] = float(sparseness(shown[None])[0])
     if "fidelity" in metrics:
         def model(batch: torch.Tensor) -> torch.Tensor:
-            with bundle.lock:
-                return bundle.model(batch)
+            return bundle.model(batch)  # read-only use of the shared model (see guard.py)
 
         out["fidelity"] = float(fidelity(model, x.to(bundle.device), shown[None], [res.target],
                                          subset=settings.fidelity_subset, runs=settings.fidelity_runs,
@@ -181,7 +180,8 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
             target = None
             for metric in metrics:
                 for col in METRICS[metric]:
-                    hit = store.get_result(key, bundle.label, method, opts, col, settings.for_metric(metric))
+                    hit = store.get_result(key, bundle.fingerprint, method, opts, col,
+                                           settings.for_metric(metric))
                     if hit is None:
                         missing.append(metric)
                         break
@@ -194,7 +194,7 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
                 values.update(computed)
                 for metric in missing:
                     for col in METRICS[metric]:
-                        store.put_result(key, bundle.label, method, opts, col, computed.get(col),
+                        store.put_result(key, bundle.fingerprint, method, opts, col, computed.get(col),
                                          settings.for_metric(metric), extra={"target": target}, image_name=name)
             row = Row(name, key, method, int(target) if target is not None else -1,
                       {c: values.get(c) for m in metrics for c in METRICS[m]}, cached=not missing)

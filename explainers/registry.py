@@ -217,7 +217,7 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
             raise RuntimeError(f"{spec.id} is marked own_forward but returned no logits")
         probs = out.logits.detach().float().softmax(-1)
     else:
-        with bundle.lock, torch.no_grad():
+        with torch.no_grad():  # read-only use of the shared model: no lock (see guard.py)
             probs = bundle.model(x).float().softmax(-1)
         start = time.perf_counter()
         out = spec.fn(bundle, x, torch.where(requested < 0, probs.argmax(-1), requested), opts)

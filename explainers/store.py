@@ -8,7 +8,11 @@ across Streamlit sessions and threads.
 
 Results are keyed by image hash + model + method + method options + metric
 name + metric settings (so changing e.g. the step size never reuses a stale
-value).  Labels (failure categories of resnet-lrp App. D.4: IA / OA / WA, or
+value).  "Model" is the weights fingerprint (``bundle.fingerprint``), never a
+display name: a second checkpoint of one architecture must not receive the
+first one's values.  Databases written before (schema version < 2, keyed by
+names) are refused with :class:`OutdatedStore` until :func:`migrate` says
+which weights each name meant.  Labels (failure categories of resnet-lrp App. D.4: IA / OA / WA, or
 none) are an append-only history per image + model + method + method options
 + target; the latest row is the current label.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -32,6 +37,12 @@ from .errors import ExplainerError
 
 DB_ENV = "RELEVANCE_EXPLORER_DB"
 LABELS = ("IA", "OA", "WA", "none")  # resnet-lrp App. D.4 failure categories, or no failure
+SCHEMA_VERSION = 2  # 2: the model column holds weights fingerprints (``<name>-<16 hex>``)
+_FINGERPRINT = re.compile(r"^.+-[0-9a-f]{16}$")
+
+
+class OutdatedStore(ExplainerError):
+    """The database keys results by model name (written before weights fingerprints)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -76,6 +87,51 @@ def canonical(obj: Mapping[str, Any] | None) -> str:
     return json.dumps(dict(obj or {}), sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _check_model_key(model: str) -> None:
+    if not _FINGERPRINT.match(model):
+        raise ExplainerError(f"Store keys are weights fingerprints (bundle.fingerprint), not names like {model!r}.")
+
+
+def _legacy_names(con: sqlite3.Connection) -> set[str]:
+    """Model keys that are not weights fingerprints (display names from before schema version 2)."""
+    names = {r[0] for r in con.execute("SELECT DISTINCT model FROM results UNION SELECT DISTINCT model FROM labels")}
+    return {n for n in names if not _FINGERPRINT.match(n)}
+
+
+def migrate(path: str | Path, fingerprints: Mapping[str, str]) -> None:
+    """Adopt a database keyed by model names: ``fingerprints`` says which weights each name meant
+    (e.g. ``{"efficientnet_lite0": load_model("efficientnet_lite0").fingerprint}``).
+
+    Results of names not in the mapping are deleted (they are recomputable; under a name they could be
+    anyone's).  Labels are human work and are never dropped: a labelled name missing from the mapping is
+    refused (:class:`OutdatedStore`) and nothing changes."""
+    bad = [f for f in fingerprints.values() if not _FINGERPRINT.match(f)]
+    if bad:
+        raise OutdatedStore(f"{bad[0]!r} is not a weights fingerprint (use bundle.fingerprint).")
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        with con:
+            con.executescript(_SCHEMA)
+            cols = {r[1] for r in con.execute("PRAGMA table_info(labels)")}
+            if "options" not in cols:
+                con.execute("ALTER TABLE labels ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
+            legacy = _legacy_names(con)
+            labelled = {r[0] for r in con.execute("SELECT DISTINCT model FROM labels")} & legacy
+            missing = sorted(labelled - set(fingerprints))
+            if missing:
+                raise OutdatedStore(f"{path}: labels of {', '.join(missing)} need a fingerprint in the mapping; "
+                                    "nothing was changed.")
+            for name in legacy:
+                if name in fingerprints:
+                    con.execute("UPDATE OR REPLACE results SET model=? WHERE model=?", (fingerprints[name], name))
+                    con.execute("UPDATE labels SET model=? WHERE model=?", (fingerprints[name], name))
+                else:
+                    con.execute("DELETE FROM results WHERE model=?", (name,))
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    finally:
+        con.close()
+
+
 @dataclass(frozen=True)
 class Label:
     id: int
@@ -101,6 +157,14 @@ class Store:
             cols = {r[1] for r in con.execute("PRAGMA table_info(labels)")}
             if "options" not in cols:  # a database from before labels carried options
                 con.execute("ALTER TABLE labels ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
+            if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                names = _legacy_names(con)
+                if names:
+                    raise OutdatedStore(
+                        f"{self.path} keys results by model name ({', '.join(sorted(names)[:3])}), not by weights "
+                        "fingerprint; move it aside, or adopt it with explainers.store.migrate(path, "
+                        "{name: bundle.fingerprint}).")
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -129,6 +193,7 @@ class Store:
                    metric: str, value: float | None, settings: Mapping[str, Any] | None = None,
                    extra: Mapping[str, Any] | None = None, image_name: str = "") -> None:
         """Insert or replace one metric value (NaN is stored as NULL)."""
+        _check_model_key(model)
         if value is not None and value != value:
             value = None
         with self._connect() as con:
@@ -142,6 +207,7 @@ class Store:
                     values: Mapping[str, float | None], settings: Mapping[str, Any] | None = None,
                     image_name: str = "") -> None:
         """Several metrics of one item in one transaction (an interruption never leaves half an item)."""
+        _check_model_key(model)
         now = time.time()
         rows = [(image_hash, model, method, canonical(options), metric, canonical(settings),
                  None if v is None or v != v else float(v), "{}", image_name, now) for metric, v in values.items()]
@@ -177,6 +243,7 @@ class Store:
         ``options`` are the method's compute options: the same method with other
         options draws another map, which may fail differently.
         """
+        _check_model_key(model)
         if label not in LABELS:
             raise ExplainerError(f"Label must be one of {', '.join(LABELS)}; got {label!r}.")
         with self._connect() as con:

@@ -28,7 +28,7 @@ class Context:
     """The current selection, as every page sees it."""
 
     bundle: explainers.ModelBundle
-    model_key: str  # name|weights|device: part of every cache key
+    model_key: str  # weights fingerprint|device: part of every cache key (never a display name)
     image: Image.Image  # the decoded RGB image (original size)
     image_name: str
     image_hash: str
@@ -43,7 +43,8 @@ class Context:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model ...")
 def get_bundle(name: str, weights: str, device: str) -> explainers.ModelBundle:
-    """One model per (name, weights, device), shared by every session (see guard.model_guard)."""
+    """One model per (name, weights, device), shared by every session: read-only use is lock-free and
+    hook-registering methods run on private views (see explainers/guard.py)."""
     return explainers.load_model(name, device=device, weights=weights)
 
 
@@ -219,7 +220,7 @@ def sidebar() -> Context | None:
         if target is None:
             return None
         display = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
-        ctx = Context(bundle=bundle, model_key=f"{name}|{weights}|{device}", image=image, image_name=image_name,
+        ctx = Context(bundle=bundle, model_key=f"{bundle.fingerprint}|{device}", image=image, image_name=image_name,
                       image_hash=image_hash(data), x=x, display=display, top5=top5, target=target)
     st.session_state["ctx"] = ctx
     return ctx

@@ -78,7 +78,7 @@ if not images:
 
 settings = TriageSettings(threshold=threshold, small_area=small, large_area=large)
 # Thresholds only change the suggestions (resuggest), so they are not part of the key.
-key = (ctx.model_key, method, json.dumps(options, sort_keys=True), settings.pixels_per_step, settings.ties,
+key = (ctx.bundle.fingerprint, method, json.dumps(options, sort_keys=True), settings.pixels_per_step, settings.ties,
        tuple(common.image_hash(d) for _, d in images))
 clicked = st.button(f"Review {len(images)} images with {METHODS[method].name}", key="fr_run", type="primary")
 if not clicked and key not in st.session_state.get("fr_cache", {}):
@@ -89,9 +89,21 @@ try:
 except ExplainerError as exc:
     common.show_error(exc)
     st.stop()
+if items.skipped:
+    st.warning(f"Skipped {len(items.skipped)} file(s) that could not be decoded: "
+               + "; ".join(f"{name}: {why}" for name, why in items.skipped[:10]), icon=":material/warning:")
+if not items:
+    st.info("None of these files could be decoded.")
+    st.stop()
 
-db = store()
-model_name = bundle.label
+try:
+    db = store()
+except ExplainerError as exc:  # e.g. a database from before weights fingerprints
+    common.show_error(exc)
+    st.stop()
+# Labels and stored metrics belong to these exact weights, never to a display name (a second checkpoint
+# of the same architecture must not inherit them).
+model_name = bundle.fingerprint
 labels = {(lab.image_hash, lab.target): lab for lab in db.current_labels(model=model_name, method=method)
           if lab.options == json.dumps(compute, sort_keys=True, separators=(",", ":"))}
 table = pd.DataFrame([{**it.row(), "label": labels.get((it.image_hash, it.target)).label

@@ -10,6 +10,7 @@ from explainers import quality
 from explainers.cli import main
 from explainers.images import GALLERY
 from explainers.store import Store
+from tests.toy_bundle import hand_curves, toy_bundle, white_png
 
 FAST = quality.Settings(pixels_per_step=5000, batch_size=16)  # 11 curve points instead of 101, for CI
 
@@ -46,7 +47,6 @@ def test_resume_after_interruption_recomputes_nothing_finished(lite0, tmp_path, 
     assert [r.values for r in again] == [r.values for r in rows]
     v = rows[0].values
     assert set(v) == {"insertion", "deletion", "id", "insertion_strict", "deletion_strict", "id_strict", "sparseness"}
-    assert v["id"] == pytest.approx(v["insertion"] - v["deletion"])
     # Grad-CAM maps hold ties, so the strict protocol is computed, not copied
     assert v["insertion_strict"] != v["insertion"]
     # a new metric only computes that metric
@@ -78,3 +78,21 @@ def test_cli_bench_quality_writes_tables_and_resumes(lite0, tmp_path, capsys):
     assert "1 read from" in capsys.readouterr().out
     assert main([*argv[:-6], "--metrics", "nope", "--db", str(db)]) == 2
     assert "Unknown metric" in capsys.readouterr().err
+
+
+def test_stored_values_equal_hand_computed_curves_on_a_toy_model(tmp_path):
+    """What the benchmark stores and rereads is the closed-form value (toy_bundle.py), not just consistent."""
+    store = Store(tmp_path / "toy.sqlite")
+    bundle = toy_bundle()
+    settings = quality.Settings(pixels_per_step=1)
+    _, _, ins_auc, del_auc = hand_curves()
+    for cached in (False, True):
+        [row] = quality.run_quality(bundle, [("white.png", white_png())], ["saliency"], ["insdel", "sparseness"],
+                                    settings, store)
+        assert row.cached is cached and row.target == 0
+        # float32 forwards vs float64 hand values: ~1e-7
+        assert row.values["insertion"] == pytest.approx(ins_auc, abs=1e-6)
+        assert row.values["deletion"] == pytest.approx(del_auc, abs=1e-6)
+        assert row.values["id"] == pytest.approx(ins_auc - del_auc, abs=2e-6)
+        # srd App. E Eq. 26 on v = [0.75, 1.5, 3, 6]: sum (2k - 5) v_k / (4 * 11.25) = 17.25 / 45
+        assert row.values["sparseness"] == pytest.approx(17.25 / 45, abs=1e-6)

@@ -17,6 +17,7 @@ from explainers.failures import (
     triage,
 )
 from explainers.images import GALLERY
+from tests.toy_bundle import hand_curves, toy_bundle, white_png
 
 
 def test_attributed_area_is_the_fraction_above_half_the_maximum():
@@ -54,13 +55,32 @@ def test_triage_ranks_by_id_and_measures_curves(lite0):
     items = triage(lite0, images, "gradcam", settings=TriageSettings(pixels_per_step=5000))
     assert [it.id_score for it in items] == sorted(it.id_score for it in items)
     for it in items:
-        assert it.id_score == pytest.approx(it.insertion - it.deletion)
         assert it.insertion_curve.shape == it.deletion_curve.shape == it.fractions.shape
         assert it.fractions[-1] == pytest.approx(1.0)
         assert 0.0 <= it.attributed_area <= 1.0
         assert it.failure == (it.id_score <= PAPER_THRESHOLD)
     coffee = next(it for it in items if it.name == "coffee.png")
     assert coffee.target == 967
+
+
+def test_triage_curves_and_area_equal_hand_computed_values_and_skips_undecodable_files():
+    """On the four-pixel toy model every number triage reports is known in closed form (toy_bundle.py)."""
+    images = [("broken.png", b"\x89PNG not really"), ("white.png", white_png()), ("empty.png", b"")]
+    items = triage(toy_bundle(), images, "saliency", settings=TriageSettings(pixels_per_step=1, threshold=0.0))
+    ins, dele, ins_auc, del_auc = hand_curves()
+    [it] = items
+    assert it.name == "white.png" and it.target == 0
+    # float32 forwards of logits up to 10.5: the probabilities agree with the float64 hand values to ~1e-7
+    assert it.insertion_curve.tolist() == pytest.approx(ins, abs=1e-6)
+    assert it.deletion_curve.tolist() == pytest.approx(dele, abs=1e-6)
+    assert it.fractions.tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert (it.insertion, it.deletion) == (pytest.approx(ins_auc, abs=1e-6), pytest.approx(del_auc, abs=1e-6))
+    assert it.id_score == pytest.approx(ins_auc - del_auc, abs=2e-6)
+    assert it.attributed_area == 0.25  # map 3|a| = [6, 3, 1.5, 0.75]: only 6 is above half the maximum (3)
+    assert not it.failure  # ID ~0.26 > threshold 0
+    assert [name for name, _ in items.skipped] == ["broken.png", "empty.png"]
+    assert all(reason for _, reason in items.skipped)
+    assert resuggest(items, TriageSettings()).skipped == items.skipped
 
 
 def test_table_d_counts_per_method_and_category():

@@ -4,8 +4,10 @@ We adapt the library rather than reimplement it: the map we return is exactly
 the array the library's own ``cam(input_tensor, targets, ...)`` call returns
 (per image min-max scaled to [0, 1] and resized to the input size by the
 library).  What we add: the default target layer per model family, a layer
-chosen by name, ViT token reshaping, the native resolution of the map, and
-exclusive, hook-clean use of the shared model (:func:`model_guard`).
+chosen by name, ViT token reshaping, the native resolution of the map, and a
+private, hook-clean view of the shared model per CAM class (:func:`model_guard`
+with ``view_key``): the library's hooks and layer swaps never touch the model
+other sessions use, and one slow CAM never blocks another method.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from ..guard import model_guard
 from ..layers import default_cam_layer, named_layer, vit_reshape_transform
 from ..models import ModelBundle
 from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
-from .library_view import view_guard
 
 LAYER_OPTION = Option("layer", "str", "", help="Target layer by name (empty: the model family's default: "
                       "last conv stage for CNNs, last block's norm1 for ViTs).")
@@ -34,13 +35,14 @@ def run_cam(cam_class, bundle: ModelBundle, x: torch.Tensor, targets: torch.Tens
     """Run one pytorch-grad-cam class on a batch with per-image targets.
 
     ``_configure`` (optional) is called with the CAM object before the call, for settings the library
-    takes as attributes rather than constructor arguments (Score-CAM's ``batch_size``).
+    takes as attributes rather than constructor arguments (Score-CAM's ``batch_size``).  The CAM runs on
+    the private view named after its class.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     configure = cam_kwargs.pop("_configure", None)
     layer_name = opts.get("layer") or default_cam_layer(bundle)
-    with model_guard(bundle) as model:
+    with model_guard(bundle, view_key=f"cam:{cam_class.__name__}") as model:
         layer = named_layer(model, layer_name)
         reshape = vit_reshape_transform(bundle) if bundle.family == "vit" else None
         cam = cam_class(model=model, target_layers=[layer], reshape_transform=reshape, **cam_kwargs)
@@ -166,7 +168,7 @@ def _fullgrad(bundle, x, targets, opts):
     # warning for a non-empty list, so we pass none and name no layer.  compute_input_gradient makes
     # the library set requires_grad on its input: give it a private copy.  On timm's fused BN+act
     # layers the library finds no bias at all, hence the library view (see library_view.py).
-    with model_guard(bundle) as shared, view_guard(shared) as model:
+    with model_guard(bundle, view_key="cam:fullgrad", form="guided") as model:
         cam = batched_fullgrad_class()(model=model, target_layers=[])
         try:
             grayscale = _call_cam(cam, x.detach().clone(), targets, opts)
@@ -371,15 +373,16 @@ def guided_backprop_maps(bundle: ModelBundle, x: torch.Tensor, targets: torch.Te
     """pytorch-grad-cam's ``GuidedBackpropReLUModel`` per image: [B, H, W, 3] numpy, signed.
 
     The library swaps every ``nn.ReLU`` for its guided ReLU and back for *new* ``nn.ReLU()``
-    modules, which would drop ``inplace`` flags and module identity on the shared model; we put
-    the original module objects back.  It also explains only image 0 of a batch, hence the loop.
+    modules, which would drop ``inplace`` flags and module identity; it runs on a private view, and we
+    put the original module objects back so the cached view stays the model's twin.  It also explains
+    only image 0 of a batch, hence the loop.
     The library guides only modules named ``ReLU``: EfficientNet-Lite's ReLU6 layers are guided
     through the library view (ReLU then clamp at 6, see library_view.py).
     """
     import numpy as np
     from pytorch_grad_cam import GuidedBackpropReLUModel
 
-    with model_guard(bundle) as shared, view_guard(shared, "guided") as model:
+    with model_guard(bundle, view_key="cam:guided-backprop", form="guided") as model:
         relus = [(parent, name, child) for parent in model.modules()
                  for name, child in parent._modules.items() if isinstance(child, torch.nn.ReLU)]
         try:

@@ -4,13 +4,13 @@ Guided Backprop and DeepLift.
 We adapt captum rather than reimplement it: the map is captum's own ``attribute(...)`` result
 for the same settings, summed over the colour channels to one [H, W] map (signed methods stay
 signed).  What we add: baselines expressed in pixel space (black, blurred) for a normalised model,
-a seeded noise tunnel so cached maps are reproducible, and exclusive hook-clean use of the shared
-model (:func:`model_guard`; captum's GuidedBackprop/DeepLift register hooks and remove them).
+a seeded per-image SmoothGrad so cached maps are reproducible, and a private hook-clean view of the
+shared model per method (:func:`model_guard` with ``view_key``; captum's GuidedBackprop/DeepLift register
+hooks), so no captum run touches the model other sessions use.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,7 +18,6 @@ import torch
 from ..guard import model_guard
 from ..models import ModelBundle
 from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
-from .library_view import view_guard
 
 BASELINE_OPTION = Option("baseline", "choice", "black", choices=("black", "blurred"),
                          help="Reference image: black (all-zero pixels) or a Gaussian-blurred copy of the input.")
@@ -40,13 +39,15 @@ def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str) -> torch.Te
     raise ValueError(kind)
 
 
-def run_captum(bundle: ModelBundle, x: torch.Tensor, make, view: str | None = None,
+def run_captum(bundle: ModelBundle, x: torch.Tensor, make, view: str | None = None, key: str | None = None,
                **attribute_kwargs: Any) -> MethodOutput:
-    """``make(model).attribute(x, target=targets, **kwargs)`` under the model guard, channel-summed.
+    """``make(model).attribute(x, target=targets, **kwargs)`` on a private view, channel-summed.
 
-    ``view``: run on that form of the library view of the model (for the methods whose rules captum attaches
-    by exact module type: Guided Backprop "guided", DeepLift "rescale"; see library_view.py)."""
-    with model_guard(bundle) as shared, (view_guard(shared, view) if view else nullcontext(shared)) as model:
+    ``key``: which private view (default: the name of ``make``); ``view``: the library-view form (for the
+    methods whose rules captum attaches by exact module type: Guided Backprop "guided", DeepLift
+    "rescale"; see library_view.py)."""
+    key = key or getattr(make, "__name__", "captum")
+    with model_guard(bundle, view_key=f"captum:{key}", form=view) as model:
         attr = make(model).attribute(x.detach().clone().requires_grad_(True), **attribute_kwargs)
     return MethodOutput(attribution=attr.detach().sum(1), native_resolution=tuple(x.shape[-2:]))
 
@@ -71,18 +72,34 @@ def _integrated_gradients(bundle, x, targets, opts):
                       internal_batch_size=opts["internal_batch_size"])
 
 
-def _smoothgrad(bundle, x, targets, opts):
-    from captum.attr import NoiseTunnel, Saliency
+def smoothgrad_noise(x_i: torch.Tensor, samples: int, noise_level: float, seed: int) -> torch.Tensor:
+    """The ``samples`` noise images SmoothGrad adds to one image ``x_i`` (1x3xHxW), on the CPU.
 
-    # Smilkov et al. 2017: noise std as a fraction of the input range (they use 10-20%).
-    stdev = float(opts["noise_level"]) * float(x.max() - x.min())
-    # fork_rng: a fixed seed makes the map reproducible (it is cached) without touching the global RNG.
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(opts["seed"])
-        return run_captum(bundle, x, lambda m: NoiseTunnel(Saliency(m)), target=targets, nt_type="smoothgrad",
-                          nt_samples=opts["samples"], nt_samples_batch_size=opts["batch_size"], stdevs=stdev,
-                          abs=False)
+    Smilkov et al. 2017, Sec. 3: ``M_hat(x) = 1/n sum_k M(x + N(0, sigma^2))`` with sigma a fraction
+    (``noise_level``, they use 10-20%) of the input's range, ``max(x) - min(x)``.  Both are taken per
+    image and the noise comes from a generator seeded with ``seed`` for each image, so an image gets the
+    same map alone (``explain``) as in any batch (``explain_batch``), and no global RNG is touched."""
+    stdev = float(noise_level) * float(x_i.max() - x_i.min())
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn((samples, *x_i.shape[1:]), generator=gen, dtype=x_i.dtype) * stdev
+
+
+def _smoothgrad(bundle, x, targets, opts):
+    from captum.attr import Saliency
+
+    n, step = opts["samples"], opts["batch_size"]
+    maps = []
+    with model_guard(bundle, view_key="captum:SmoothGrad") as model:
+        saliency = Saliency(model)
+        for i in range(x.shape[0]):  # one image's noisy copies per pass: rows never mix
+            x_i = x[i:i + 1].detach()
+            noise = smoothgrad_noise(x_i, n, opts["noise_level"], opts["seed"]).to(x.device)
+            total = torch.zeros_like(x_i[0])
+            for s in range(0, n, step):
+                noisy = (x_i + noise[s:s + step]).requires_grad_(True)
+                total += saliency.attribute(noisy, target=int(targets[i]), abs=False).detach().sum(0)
+            maps.append(total.sum(0) / n)  # channel sum of the mean gradient (signed)
+    return MethodOutput(attribution=torch.stack(maps), native_resolution=tuple(x.shape[-2:]))
 
 
 def _guided_backprop(bundle, x, targets, opts):
@@ -121,10 +138,12 @@ register(MethodSpec(
     options=(Option("samples", "int", 25, min=1, max=500, step=5, help="Noisy copies averaged."),
              Option("noise_level", "float", 0.15, min=0.0, max=1.0, step=0.05,
                     help="Noise std as a fraction of the input's value range."),
-             Option("batch_size", "int", 25, min=1, max=500, step=5, help="Noisy copies per forward pass."),
+             Option("batch_size", "int", 25, min=1, max=500, step=5,
+                    help="Noisy copies of one image per forward pass."),
              Option("seed", "int", 0, min=0, max=2**31 - 1, help="Noise seed (maps are reproducible).")),
     model_families=ALL_FAMILIES, signed=True,
-    description="Input gradient averaged over noisy copies (Smilkov et al. 2017) via captum's NoiseTunnel; signed.",
+    description="Input gradient averaged over noisy copies (Smilkov et al. 2017) via captum's Saliency; noise level "
+                "and seeded noise per image; signed.",
 ))
 register(MethodSpec(
     id="guided-backprop", name="Guided Backprop", family="gradient", fn=_guided_backprop,

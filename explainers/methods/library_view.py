@@ -26,21 +26,20 @@ modules in one of two forms, because the two rules need different ones:
   multiplier and multipliers compose exactly along a chain, so the attributions again sum to
   f(x) - f(baseline).  (Hardtanh would be passed as linear.)
 
-Models without such layers (torchvision ResNets and VGGs) are returned unchanged.  Copies are cached per
-model object and form (one extra set of weights each: 18 MB for Lite0) and live as long as the model does;
-like every method here they assume a bundle's weights are not changed in place after loading.
+Models without such layers (torchvision ResNets and VGGs) need no rewrite.  A view is built on
+:func:`~explainers.guard.twin` with private ``Parameter`` objects on the model's own weight storage, so it
+costs module objects, not a second set of weights; the rewritten BatchNorms share the fused layers'
+tensors too.  The guard (:func:`explainers.guard.view`) caches one view per method and form, each with its
+own lock; :func:`library_view` is the lock-free, per-model cached variant for tests and notebooks.
 """
 
 from __future__ import annotations
 
-import copy
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from ..guard import clean_module
+from ..guard import twin
 
 FORMS = ("guided", "rescale")
 
@@ -72,11 +71,14 @@ def _needs_view(model: nn.Module) -> bool:
 
 
 def _plain_batchnorm(fused: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """A plain ``BatchNorm2d`` on the fused layer's own parameter and buffer tensors (no copy)."""
     plain = nn.BatchNorm2d(fused.num_features, eps=fused.eps, momentum=fused.momentum, affine=fused.affine,
                            track_running_stats=fused.track_running_stats)
-    state = {k: v for k, v in fused.state_dict().items() if k in plain.state_dict()}
-    plain.load_state_dict(state)
-    return plain.to(next(iter(state.values())).device) if state else plain
+    for name in list(plain._parameters):
+        plain._parameters[name] = fused._parameters.get(name)
+    for name in list(plain._buffers):
+        plain._buffers[name] = fused._buffers.get(name)
+    return plain.train(fused.training)
 
 
 def _rewrite(module: nn.Module, form: str) -> None:
@@ -91,34 +93,31 @@ def _rewrite(module: nn.Module, form: str) -> None:
             _rewrite(child, form)
 
 
+def make_view(model: nn.Module, form: str = "guided") -> nn.Module:
+    """A new private view of ``model`` (eval mode, parameters without gradients) with ReLU6 in the given
+    ``form``; a plain twin when the model needs no rewrite (see the module docstring)."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+    view = twin(model, private_parameters=True)
+    if _needs_view(view):
+        _rewrite(view, form)
+    view.eval()
+    for p in view.parameters():  # the methods need input and activation gradients only
+        p.requires_grad_(False)
+    return view
+
+
 _VIEWS: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()
 
 
 def library_view(model: nn.Module, form: str = "guided") -> nn.Module:
-    """``model`` itself when the libraries see it correctly, else its cached library-friendly copy (eval
-    mode, parameters without gradients) with ReLU6 in the given ``form`` (see the module docstring)."""
+    """``model`` itself when the libraries see it correctly, else its cached library-friendly view
+    (:func:`make_view`).  No lock: shared-model code goes through ``guard.model_guard(..., form=...)``."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     if not _needs_view(model):
         return model
     views = _VIEWS.setdefault(model, {})
     if form not in views:
-        view = copy.deepcopy(model)
-        _rewrite(view, form)
-        view.eval()
-        for p in view.parameters():  # the methods need input and activation gradients only
-            p.requires_grad_(False)
-        views[form] = view
+        views[form] = make_view(model, form)
     return views[form]
-
-
-@contextmanager
-def view_guard(model: nn.Module, form: str = "guided") -> Iterator[nn.Module]:
-    """:func:`library_view` of a model already held under :func:`~explainers.guard.model_guard`, left clean
-    afterwards (hooks a library left on the copy are removed, even when it raised)."""
-    view = library_view(model, form)
-    if view is model:
-        yield model
-        return
-    with clean_module(view, requires_grad=False) as clean:
-        yield clean

@@ -6,13 +6,21 @@ in torchvision, ``x = self.drop_path(x) + shortcut`` in timm) and timm's functio
 ordinary nodes, which lets one engine apply a rule to each and record the relevance
 at every node (what the Conservation page plots).
 
-The graph is built once per model object (cached weakly) and never mutates the
-model, so it is safe to share between the app's sessions under ``model_guard``.
+The graph is built once per model object (cached weakly) and shared read-only by every session.  It is
+traced from a :func:`~explainers.guard.twin` of the model (its own module objects on the same tensors), so
+the traced ``GraphModule`` never runs a hook someone registered on the model and tracing switches nothing
+on the model itself.  ``torch.fx`` patches ``nn.Module.__call__`` and ``__getattr__`` *class-wide* while it
+traces, which would hand fx Proxies to forwards running in other threads and interleave two traces
+(``AssertionError: Unexpected key ...``); hence one process-wide trace lock and a tracer that lets every
+other thread's module calls and attribute reads through untouched (:class:`_ThreadTracer`).
 """
 
 from __future__ import annotations
 
 import operator
+import os
+import threading
+import traceback
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +137,47 @@ class PropGraph:
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, PropGraph] = weakref.WeakKeyDictionary()
+_TRACE_LOCK = threading.Lock()  # one trace (and one graph build) at a time in the whole process
+
+
+class _ThreadTracer(fx.Tracer):
+    """An fx tracer that traces only in the thread that started it.
+
+    While ``trace`` runs, fx's class-wide patches route *every* thread's ``nn.Module.__call__`` and
+    ``__getattr__`` through the tracer; for other threads we hand back the plain call and the plain
+    attribute, so their forwards (a Grad-CAM in another session) see real tensors, run their hooks and
+    leave nothing in this graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def _is_tracing_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the model cannot be traced symbolically (as opposed to a bug)."""
+    if isinstance(exc, fx.proxy.TraceError):
+        return True
+    text = str(exc)
+    return "Proxy" in text or "symbolic" in text.lower() or "symbolically traced" in text
+
+
+def _failing_operation(exc: BaseException) -> str:
+    """The model's own source line where tracing failed (the innermost frame outside torch)."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not f.filename.startswith(torch_dir)] or frames
+    f = own[-1]
+    return f"`{(f.line or '').strip()}` ({os.path.basename(f.filename)}:{f.lineno})"
 
 
 def _classify(gm: fx.GraphModule, node: fx.Node) -> str | None:
@@ -225,11 +274,26 @@ def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | 
     cached = _CACHE.get(model)
     if cached is not None:
         return cached
+    with _TRACE_LOCK:
+        cached = _CACHE.get(model)  # another thread may have built it while we waited
+        if cached is None:
+            cached = _build_graph(model, model_name, example)
+            _CACHE[model] = cached
+    return cached
+
+
+def _build_graph(model: nn.Module, model_name: str, example: torch.Tensor | None) -> PropGraph:
+    """Trace, probe and classify (under the trace lock).  Only symbolic-tracing failures become
+    :class:`UnsupportedOperation` (naming the operation); any other exception is a bug and propagates."""
     try:
         gm = _trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: this model is not supported
+    except Exception as exc:
+        if not _is_tracing_failure(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UnsupportedOperation(f"{model_name or type(model).__name__} cannot be traced for relevance "
-                                   f"propagation ({type(exc).__name__}: {exc}).") from exc
+                                   f"propagation: {_failing_operation(exc)} ({type(exc).__name__}: {first})") \
+            from exc
     # Which nodes carry activations: run a tiny probe forward (shapes only matter for classification).
     probe = _probe_values(gm, model, example)
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
@@ -274,7 +338,6 @@ def build_graph(model: nn.Module, model_name: str = "", example: torch.Tensor | 
             if bd:
                 graph.batch_dim[node] = bd
     _analyse(graph)
-    _CACHE[model] = graph
     return graph
 
 
@@ -297,10 +360,11 @@ def _moved_batch_dim(node: fx.Node, bd: int, ndim: int) -> int:
 def _trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx`` trace of ``model`` in the form the rules need.
 
+    - The trace runs on a twin of ``model`` (see the module docstring); the graph module keeps the twin's
+      module objects, which share the model's parameters and buffers.
     - Attention modules with a ``fused_attn`` switch (timm) are traced with it off, so q k^T, the softmax and
       attention x values are explicit nodes (absLRP's attention rules, abslrp-gae Sec. 3.1).  The switch is
-      restored at once: the traced graph keeps the explicit ops, the shared model keeps its fast kernel.
-      Callers hold the model lock (``model_guard``), so no other session sees the brief change.
+      turned off on the twin only: the shared model keeps its fast kernel and never changes.
     - Extra forward arguments with defaults (timm ViT's ``attn_mask=None``, ``is_causal=False``) are
       specialised to those defaults, which removes the mask branches from the graph.
     - ``a, b, c = x.unbind(d)`` is rewritten as three ``torch.select(x, d, i)`` nodes, so every data node
@@ -308,17 +372,18 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     """
     import inspect
 
-    switched = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool) and m.fused_attn]
+    from ..guard import twin
+
+    root = twin(model)
+    for m in root.modules():
+        if isinstance(getattr(m, "fused_attn", None), bool):
+            m.fused_attn = False
     params = list(inspect.signature(model.forward).parameters.values())[1:]
     concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    for m in switched:
-        m.fused_attn = False
-    try:
-        gm = fx.symbolic_trace(model, concrete_args=concrete or None)
-    finally:
-        for m in switched:
-            m.fused_attn = True
+    tracer = _ThreadTracer()
+    graph = tracer.trace(root, concrete_args=concrete or None)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _split_unbind(gm)
     return gm
 
@@ -352,7 +417,9 @@ def _probe_values(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor | 
     was_training = [(m, m.training) for m in gm.modules()]
     gm.eval()
     try:
-        x = example[:1] if example is not None else torch.randn(1, 3, 64, 64, dtype=p.dtype, device=p.device)
+        # a private generator: building a graph never moves the global RNG other code may rely on
+        x = example[:1] if example is not None else torch.randn(
+            1, 3, 64, 64, dtype=p.dtype, generator=torch.Generator().manual_seed(0)).to(p.device)
         values: dict[fx.Node, Any] = {}
         for node in gm.graph.nodes:
             if node.op == "output":
