@@ -10,7 +10,14 @@ import streamlit as st
 import torch
 
 from explainers import METHODS, get_method, quality
-from explainers.metrics import attribution_localisation, box_mask, insertion_deletion, pointing_game, sparseness
+from explainers.metrics import (
+    attribution_localisation,
+    box_mask,
+    insertion_deletion,
+    pointing_game,
+    sparseness,
+    tie_protocols,
+)
 from explainers.progress import progress_callback
 from explainers.store import Store
 from pages import common
@@ -68,9 +75,7 @@ for i, method in enumerate(chosen):
         res = common.explanation(ctx, method, opts)
         raw = res.attribution.float()
         shown = spec.display_map(raw, opts).float()
-        # both tie protocols where they can differ: a post-processed (e.g. heat-quantized) map, or any ties
-        protocols = ["together", "strict"] if (not torch.equal(shown, raw) or quality.has_ties(shown)) \
-            else ["together"]
+        protocols = tie_protocols(shown, raw)  # both where they can differ (library decides)
         key = json.dumps(opts, sort_keys=True, default=str)
         for ties in protocols:
             r = cached_insdel(ctx.image_hash, ctx.model_key, method, ctx.target, key, ties, pixels_per_step, start,
