@@ -140,6 +140,12 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from . import gpu_check
+
+    return gpu_check.run_from_args(args)
+
+
 def cmd_bench_erf(args: argparse.Namespace) -> int:
     from . import bench
     from .models import load_model
@@ -219,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_speed)
+
+    p = bench.add_parser("gpu", help="CUDA vs CPU maps, host syncs in the engine, throughput (issue 16)")
+    from .gpu_check import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench_gpu)
 
     p = bench.add_parser("erf", help="seconds for the SRD ERFs of many PFVs of one image at once")
     p.add_argument("--model", default="efficientnet_lite0")
