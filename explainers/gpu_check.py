@@ -82,12 +82,13 @@ class Config:
     batches: tuple[int, ...] = DEFAULT_BATCHES
     largest: bool = True  # also search the largest batch that fits (doubling from the largest in ``batches``)
     max_batch: int = 1024
-    max_call_s: float = 20.0  # stop growing the batch once one call takes longer
+    max_call_s: float = 10.0  # stop growing the batch once the next call would take longer (calls double)
     repeat: int = 3
     size: int | None = None  # input side for CNNs (smaller = faster CPU tests); ViTs keep their own
     insdel_pixels_per_step: int = 500
     tf32_throughput: bool = False
     budget_s: float = 540.0
+    equality_budget_s: float = 300.0  # the equality part's share, so the throughput part always gets its turn
     out: str = "gpu_check.json"
     parts: tuple[str, ...] = ("equality", "syncs", "throughput")
 
@@ -176,9 +177,14 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int, warmup: i
     return statistics.median(times)
 
 
-def free_memory(device: torch.device) -> None:
-    """Between methods and models: drop cached blocks so one method's peak does not count against the next."""
-    gc.collect()
+def free_memory(device: torch.device, collect: bool = False) -> None:
+    """Between methods and models: drop cached blocks so one method's peak does not count against the next.
+
+    Tensors die by reference count; a full ``gc.collect`` (for cycles, e.g. a model copy) costs ~0.7 s with
+    this many modules loaded, so it runs only when a model is dropped (``collect=True``).
+    """
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -210,7 +216,8 @@ def call_site(stack: Sequence[traceback.FrameSummary]) -> tuple[str, bool]:
     """The innermost frame of the project's own code (else the innermost frame) as ``file:line (function)``,
     and whether it lies inside the engine."""
     root = _project_root()
-    own = [f for f in stack if os.path.abspath(f.filename).startswith(root) and "gpu_check" not in f.filename]
+    here = os.path.abspath(__file__)  # the recorder's own frames are never the site
+    own = [f for f in stack if os.path.abspath(f.filename).startswith(root) and os.path.abspath(f.filename) != here]
     frame = own[-1] if own else stack[-1]
     rel = os.path.relpath(frame.filename, root) if own else frame.filename
     return f"{rel}:{frame.lineno} ({frame.name})", any(p in rel for p in ENGINE_PATHS)
@@ -397,7 +404,7 @@ def check_throughput(cpu_bundle, dev_bundle, cfg: Config, report: Report, deadli
               if m in ("forward", "insdel") or (m in METHODS and METHODS[m].supports(dev_bundle.family))]
     forward_ips: dict[int, float] = {}
 
-    def measure(method: str, batch: int, largest: bool = False) -> float | None:
+    def measure(method: str, batch: int, largest: bool = False, repeat: int | None = None) -> float | None:
         if deadline.passed():
             report.throughput.append(ThroughputRow(cpu_bundle.name, method, batch, None, None, None, largest,
                                                    note="skipped: budget"))
@@ -406,7 +413,8 @@ def check_throughput(cpu_bundle, dev_bundle, cfg: Config, report: Report, deadli
         try:
             x = inputs(cpu_bundle, batch, cfg.size).to(device)
             with precision(cfg.tf32_throughput):
-                sec = timed(_runner(dev_bundle, method, x, cfg.insdel_pixels_per_step), device, cfg.repeat)
+                sec = timed(_runner(dev_bundle, method, x, cfg.insdel_pixels_per_step), device,
+                            repeat or cfg.repeat)
         except torch.cuda.OutOfMemoryError:
             free_memory(device)
             raise
@@ -422,18 +430,21 @@ def check_throughput(cpu_bundle, dev_bundle, cfg: Config, report: Report, deadli
         try:
             for batch in cfg.batches:
                 measure(method, batch)
-            if cfg.largest and device.type == "cuda":
+            if cfg.largest:
                 batch, best = max(cfg.batches), None
-                while batch * 2 <= cfg.max_batch and not deadline.passed():
+                last = next((r.images_per_s for r in reversed(report.throughput)
+                             if r.method == method and r.batch == batch and r.images_per_s), None)
+                sec = batch / last if last else None
+                # doubling the batch about doubles a call: stop before one would exceed max_call_s
+                while batch * 2 <= cfg.max_batch and sec is not None and 2 * sec <= cfg.max_call_s:
                     batch *= 2
                     try:
-                        sec = measure(method, batch, largest=True)
+                        sec = measure(method, batch, largest=True, repeat=1)
                     except torch.cuda.OutOfMemoryError:
                         report.notes.append(f"{method}: out of memory at batch {batch}")
                         break
-                    best = batch
-                    if sec is None or sec > cfg.max_call_s:
-                        break
+                    if sec is not None:
+                        best = batch
                 # keep only the largest successful search row (the others were stepping stones)
                 rows = [r for r in report.throughput if r.method == method and r.largest]
                 for r in rows:
@@ -451,10 +462,10 @@ def run(cfg: Config, echo: Callable[[str], None] = print) -> Report:
     deadline = Deadline(cfg.budget_s)
     want = torch.device(cfg.device)
     cuda = torch.cuda.is_available()
-    report = Report(config=dataclasses.asdict(cfg), environment=environment(want))
     if want.type == "cuda" and not cuda:
         raise SystemExit("CUDA was requested but is not available here; rerun with --device cpu to test the "
                          "machinery (cpu vs cpu).")
+    report = Report(config=dataclasses.asdict(cfg), environment=environment(want))
     if want.type != "cuda":
         report.notes.append("CUDA ABSENT: this run compares cpu with cpu to exercise the machinery; "
                             "it says nothing about GPU correctness or speed."
@@ -462,20 +473,21 @@ def run(cfg: Config, echo: Callable[[str], None] = print) -> Report:
         echo(report.notes[-1])
     if want.type == "cuda":
         echo(f"GPU: {report.environment['gpu']}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    equality_deadline = Deadline(min(cfg.budget_s, cfg.equality_budget_s))
     for name in cfg.models:
         if "equality" not in cfg.parts:
             break
-        if deadline.passed():
+        if equality_deadline.passed():
             report.notes.append(f"{name}: skipped (budget)")
             continue
         cpu_bundle = load_bundle(name)
         dev_bundle = on_device(cpu_bundle, want)
         x = inputs(cpu_bundle, cfg.check_batch, cfg.size)
-        check_equality(cpu_bundle, dev_bundle, methods_for_model(cpu_bundle, cfg.methods), x, report, deadline,
-                       syncs="syncs" in cfg.parts)
+        check_equality(cpu_bundle, dev_bundle, methods_for_model(cpu_bundle, cfg.methods), x, report,
+                       equality_deadline, syncs="syncs" in cfg.parts)
         echo(equality_table([r for r in report.equality if r.model == name]))
         del dev_bundle
-        free_memory(want)
+        free_memory(want, collect=True)
     if "throughput" in cfg.parts:
         for name in cfg.throughput_models:
             cpu_bundle = load_bundle(name)
@@ -483,7 +495,7 @@ def run(cfg: Config, echo: Callable[[str], None] = print) -> Report:
             check_throughput(cpu_bundle, dev_bundle, cfg, report, deadline)
             echo(throughput_table([r for r in report.throughput if r.model == name]))
             del dev_bundle
-            free_memory(want)
+            free_memory(want, collect=True)
     if report.syncs or report.sync_runs:
         echo(sync_table(report))
     elif "syncs" in cfg.parts and want.type != "cuda":
@@ -562,6 +574,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixels-per-step", type=int, default=d.insdel_pixels_per_step)
     p.add_argument("--tf32", action="store_true", help="allow TF32 in the throughput part (never in equality)")
     p.add_argument("--budget-s", type=float, default=d.budget_s, help="skip what is left after this many seconds")
+    p.add_argument("--equality-budget-s", type=float, default=d.equality_budget_s,
+                   help="the equality part's share of the budget")
     p.add_argument("--parts", default=",".join(d.parts), help="equality,syncs,throughput")
     p.add_argument("--out", default=d.out, help="JSON report path")
 
@@ -573,6 +587,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   batches=tuple(int(b) for b in _csv(args.batches)), largest=not args.no_largest,
                   max_batch=args.max_batch, max_call_s=args.max_call_s, repeat=args.repeat, size=args.size,
                   insdel_pixels_per_step=args.pixels_per_step, tf32_throughput=args.tf32, budget_s=args.budget_s,
+                  equality_budget_s=args.equality_budget_s,
                   parts=_csv(args.parts), out=args.out)
 
 
