@@ -88,7 +88,7 @@ class Config:
     insdel_pixels_per_step: int = 500
     tf32_throughput: bool = False
     budget_s: float = 540.0
-    equality_budget_s: float = 300.0  # the equality part's share, so the throughput part always gets its turn
+    equality_budget_s: float = 240.0  # the equality part's share, so the throughput part always gets its turn
     out: str = "gpu_check.json"
     parts: tuple[str, ...] = ("equality", "syncs", "throughput")
 
