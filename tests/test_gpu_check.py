@@ -73,6 +73,16 @@ def test_a_device_that_disagrees_fails_the_check(tmp_path, monkeypatch, capsys):
     assert "2 of 2 rows failed" in capsys.readouterr().out
 
 
+def test_a_conservation_leak_on_the_device_fails_the_row(tmp_path, monkeypatch):
+    """ResNet-LRP must conserve on the device: with the threshold at 0, float32 rounding (~2e-7) is a 'leak'."""
+    monkeypatch.setitem(gpu_check.CONSERVING, "resnet-lrp", 0.0)
+    out = tmp_path / "leak.json"
+    assert gpu_check.main(["--device", "cpu", "--models", "efficientnet_lite0", "--methods", "resnet-lrp",
+                           "--size", "64", "--parts", "equality", "--out", str(out)]) == 1
+    (row,) = json.loads(out.read_text())["equality"]
+    assert row["rel_diff"] == 0.0 and row["ok"] is False and "conservation" in row["note"]
+
+
 def test_cli_bench_gpu_runs_the_same_check(tmp_path, capsys):
     out = tmp_path / "cli.json"
     assert cli_main(["bench", "gpu", "--device", "cpu", "--models", "efficientnet_lite0", "--methods", "gradcam",
