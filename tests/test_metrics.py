@@ -275,6 +275,10 @@ def test_contrastiveness_constant_map_is_zero_and_perfect_map_is_one():
     assert contrastiveness(torch.ones(1, 32, 32), s)[0] == 0.0  # the paper's tables: constant maps score 0
     assert contrastiveness(q[1].float()[None], s)[0] == pytest.approx(1.0)
     assert contrastiveness(torch.zeros(1, 32, 32), s)[0] == 0.0
+    # by hand: 1 on the positive quadrant, 1/2 on TL (S = 2 * 0.05 / 0.8 - 1 = -7/8), 0 elsewhere; per quadrant
+    # of |q| pixels, C = (1 * 1 + 1/2 * (-7/8)) |q| / ((1 + 1/2) |q|) = (9/16) / (3/2) = 3/8
+    partial = q[1].float() + 0.5 * q[0].float()
+    assert float(contrastiveness(partial[None], s)[0]) == pytest.approx(3 / 8, abs=1e-6)  # float32 sums of 0.5s
     # a negative whose class is as likely as the positive's scores like the positive
     same = scoring_map(32, 32, positive=0, quadrant_classes=[2, 2, 7, 9], positive_probs=probs)
     assert torch.all(same[q[1]] == 1.0)
