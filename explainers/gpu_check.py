@@ -66,10 +66,12 @@ EQUALITY_OPTIONS = {"scorecam": {"top_k": 32}, "ablationcam": {"top_k": 32}, "in
 # <= 2.2e-7 on EfficientNet-Lite0, ResNet-50 and VGG-16 (float32 rounding over ~100 nodes); 1e-4 leaves room
 # for the device's different summation order and is still far below any real leak.
 CONSERVING = {"resnet-lrp": 1e-4}
-# Where a host sync counts as "inside the engine" (a tensor left the device mid-propagation).
-ENGINE_PATHS = (os.path.join("explainers", "propagation", ""), os.path.join("explainers", "methods", "lrp.py"),
-                os.path.join("explainers", "methods", "abslrp.py"), os.path.join("explainers", "methods", "srd.py"),
-                os.path.join("explainers", "srd.py"))
+# Where a host sync counts as "inside the engine": a value read on the host mid-propagation (the walker, the
+# rule sets, SRD's sharing ratios).  The engine's result accessors (``Propagation.traces`` / ``layers``, run
+# once after the walk to hand the totals to the caller) and the method modules' packaging are listed too but
+# not flagged: copying the result to the host is the point of the call.
+ENGINE_PATHS = (os.path.join("explainers", "propagation", ""), os.path.join("explainers", "srd.py"))
+RESULT_FUNCTIONS = frozenset({"traces", "layers"})
 SYNC_MESSAGE = "synchronizing CUDA operation"  # torch's warning text in sync debug mode "warn"
 
 
@@ -225,7 +227,8 @@ def call_site(stack: Sequence[traceback.FrameSummary]) -> tuple[str, bool]:
     own = [f for f in stack if os.path.abspath(f.filename).startswith(root) and os.path.abspath(f.filename) != here]
     frame = own[-1] if own else stack[-1]
     rel = os.path.relpath(frame.filename, root) if own else frame.filename
-    return f"{rel}:{frame.lineno} ({frame.name})", any(p in rel for p in ENGINE_PATHS)
+    engine = own != [] and frame.name not in RESULT_FUNCTIONS and any(rel.startswith(p) for p in ENGINE_PATHS)
+    return f"{rel}:{frame.lineno} ({frame.name})", engine
 
 
 class SyncRecorder:

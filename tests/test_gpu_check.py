@@ -107,6 +107,11 @@ def test_call_sites_are_classified_engine_or_not():
     assert gpu_check.call_site([registry, engine, lib]) == ("explainers/propagation/engine.py:200 (propagate)", True)
     assert gpu_check.call_site([registry, lib]) == ("explainers/registry.py:230 (explain_batch)", False)
     assert gpu_check.call_site([lib]) == (lib.filename + ":10 (norm)", False)
+    # handing the totals to the caller after the walk is not a sync inside the propagation
+    result = traceback.FrameSummary(f"{root}/explainers/propagation/engine.py", 96, "traces")
+    assert gpu_check.call_site([registry, result, lib])[1] is False
+    srd = traceback.FrameSummary(f"{root}/explainers/srd.py", 300, "erf")
+    assert gpu_check.call_site([srd, lib])[1] is True
 
 
 def test_sync_recorder_counts_sync_warnings_by_site_and_passes_others_through():
