@@ -509,6 +509,10 @@ def run(cfg: Config, echo: Callable[[str], None] = print) -> Report:
             echo(throughput_table([r for r in report.throughput if r.model == name]))
             del dev_bundle
             free_memory(want, collect=True)
+    goal = goal_line(report)
+    if goal:
+        report.notes.append(goal)
+        echo(goal)
     if report.syncs or report.sync_runs:
         echo(sync_table(report))
     elif "syncs" in cfg.parts and want.type != "cuda":
@@ -518,6 +522,18 @@ def run(cfg: Config, echo: Callable[[str], None] = print) -> Report:
     write_json(report, cfg.out)
     echo(f"wrote {cfg.out} ({report.elapsed_s:.0f} s)")
     return report
+
+
+def goal_line(report: Report) -> str | None:
+    """Issue 16's goal on one GPU: resnet-lrp on ResNet-50 >= 500 images/s at batch 64, within 3x of the forward."""
+    row = next((r for r in report.throughput if r.model == "resnet50" and r.method == "resnet-lrp"
+                and r.batch == 64 and not r.largest and r.images_per_s), None)
+    if row is None:
+        return None
+    met = row.images_per_s >= 500 and row.x_forward is not None and row.x_forward <= 3
+    device = report.environment["device"]
+    return (f"goal (resnet-lrp, ResNet-50, batch 64: >= 500 images/s and <= 3x forward, on {device}): "
+            f"{row.images_per_s:.0f} images/s, {_fmt(row.x_forward, '.2f')}x forward -> {'met' if met else 'NOT met'}")
 
 
 def write_json(report: Report, path: str) -> None:

@@ -159,3 +159,13 @@ def test_cuda_maps_equal_cpu_maps_and_the_engine_never_syncs(tmp_path):
         if r.method == "resnet-lrp":
             assert r.conservation_device < 1e-4  # z+ conserves on the GPU as on the CPU (float32 rounding)
     assert json.loads(out.read_text())["environment"]["gpu"]
+
+
+def test_goal_line_reads_the_resnet50_batch_64_row():
+    report = gpu_check.Report(config={}, environment={"device": "cuda:0"})
+    assert gpu_check.goal_line(report) is None  # nothing measured: no claim
+    row = gpu_check.ThroughputRow("resnet50", "resnet-lrp", 64, 600.0, 2.5, 900.0)
+    report.throughput = [gpu_check.ThroughputRow("resnet50", "resnet-lrp", 16, 100.0, 9.0, 1.0), row]
+    assert gpu_check.goal_line(report).endswith("600 images/s, 2.50x forward -> met")
+    row.x_forward = 3.2  # fast enough, but more than 3 forward passes
+    assert gpu_check.goal_line(report).endswith("NOT met")
