@@ -38,6 +38,9 @@ import torch
 from ._common import ModelFn, as_maps, as_targets, baseline_image, chunked_forward
 
 TIES = ("together", "strict")
+# Names the curve protocol (points and area rule) for stored results: values stored under another protocol
+# (the earlier 1 %-first, uniform-spacing one) must not be reused as if comparable.
+SCHEDULE = "0px-first/exact-trapezoid"
 STARTS = ("black", "blurred")
 
 
