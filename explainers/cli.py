@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--metrics", default="insdel,insdel-strict,sparseness",
                    help="comma-separated: insdel, insdel-strict, sparseness, fidelity, stability")
-    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 101 points)")
+    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 0 px + 101 points)")
     p.add_argument("--start", default="black", choices=["black", "blurred"], help="insertion start image")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")

@@ -34,7 +34,7 @@ chosen, options = common.method_picker(bundle, "metrics_methods")
 
 c1, c2, c3 = st.columns(3)
 pixels_per_step = c1.select_slider("Pixels per step", [250, 500, 1000, 2500, 5000], value=500, key="metrics_pps",
-                                   help="500 gives the authors' 101 points at 224x224; larger is faster.")
+                                   help="500: 0 px + the authors' 101 points at 224x224; larger is faster.")
 start = c2.radio("Insertion starts from", ["black", "blurred"], horizontal=True, key="metrics_start")
 slow = c3.checkbox("Fidelity and stability (slower)", value=False, key="metrics_slow",
                    help="Fidelity: 100 forward passes; stability: 5 extra maps per method.")
