@@ -33,16 +33,27 @@ class SpeedRow:
 
 
 def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn`` after ``warmup`` untimed calls.
+
+    CUDA runs kernels asynchronously: the device is synchronised before the timer starts (else the warm-up's
+    or the previous call's queued kernels are billed to this one) and before it is read (else only the
+    launches are timed).
+    """
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
+        _sync()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def sample_batch(bundle: ModelBundle, batch: int) -> torch.Tensor:

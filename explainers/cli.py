@@ -141,6 +141,12 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from . import gpu_check
+
+    return gpu_check.run_from_args(args)
+
+
 def cmd_bench_erf(args: argparse.Namespace) -> int:
     from . import bench
     from .models import load_model
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_speed)
 
+    p = bench.add_parser("gpu", help="CUDA vs CPU maps, host syncs in the engine, throughput (issue 16)")
+    from .gpu_check import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench_gpu)
+
     p = bench.add_parser("erf", help="seconds for the SRD ERFs of many PFVs of one image at once")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--weights", default="default")
@@ -244,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--metrics", default="insdel,insdel-strict,sparseness",
                    help="comma-separated: insdel, insdel-strict, sparseness, fidelity, stability")
-    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 101 points)")
+    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 0 px + 101 points)")
     p.add_argument("--start", default="black", choices=["black", "blurred"], help="insertion start image")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")

@@ -25,14 +25,17 @@ _FIXED = {"eigencam": 1.0, "fullgrad": 3.0, "guided-gradcam": 6.0, "deeplift": 6
 
 
 def forward_seconds(bundle: ModelBundle, batch: int = 1) -> float:
-    """Seconds of one forward pass of ``batch`` images on the bundle's device (one warm-up pass first)."""
+    """Seconds of one forward pass of ``batch`` images on the bundle's device (one warm-up pass, untimed)."""
     x = torch.zeros(batch, 3, bundle.input_size, bundle.input_size, device=bundle.device)
+    cuda = bundle.device.type == "cuda"
     with bundle.lock, torch.no_grad():
         bundle.model(x[:1])
+        if cuda:  # the warm-up's kernels are still queued: without this they would be timed too
+            torch.cuda.synchronize(bundle.device)
         start = time.perf_counter()
         bundle.model(x)
-        if bundle.device.type == "cuda":
-            torch.cuda.synchronize()
+        if cuda:  # kernels run asynchronously: wait for them before reading the clock
+            torch.cuda.synchronize(bundle.device)
         return time.perf_counter() - start
 
 

@@ -26,6 +26,7 @@ import torch
 from .errors import ExplainerError
 from .images import GALLERY, image_hash, load_image
 from .metrics import fidelity, insertion_deletion, method_explain_fn, sparseness, stability
+from .metrics.insdel import SCHEDULE as INSDEL_SCHEDULE
 from .models import ModelBundle
 from .progress import report
 from .registry import explain, get_method
@@ -44,7 +45,7 @@ DEFAULT_METRICS = ("insdel", "insdel-strict", "sparseness")
 
 @dataclass(frozen=True)
 class Settings:
-    """Metric settings; the defaults are the papers' (101 points of 500 px, 100 x 200-px subsets, 5 x sigma 0.1)."""
+    """Metric settings; the defaults are the papers' (0 px + 101 points of 500 px, 100 x 200-px subsets, 5 x 0.1)."""
 
     pixels_per_step: int = 500
     start: str = "black"
@@ -58,7 +59,8 @@ class Settings:
     def for_metric(self, metric: str) -> dict[str, Any]:
         """The settings that change a metric's value (part of its store key)."""
         if metric.startswith("insdel"):
-            return {"pixels_per_step": self.pixels_per_step, "start": self.start, "seed": self.seed}
+            return {"pixels_per_step": self.pixels_per_step, "start": self.start, "seed": self.seed,
+                    "schedule": INSDEL_SCHEDULE}
         if metric == "fidelity":
             return {"runs": self.fidelity_runs, "subset": self.fidelity_subset, "seed": self.seed}
         if metric == "stability":

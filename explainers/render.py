@@ -1,9 +1,11 @@
-"""Turning a raw map into pixels: colormaps, overlays, PNG export.
+"""Turning a raw map into pixels: heat quantisation, colormaps, overlays, PNG export.
 
 Signed maps use a diverging colormap with symmetric limits, so zero is always
 the centre colour; positive-only maps use a sequential colormap from zero to
 the maximum.  All of this is display work: it never touches relevance, so
-sliders that call it never trigger a recomputation.
+sliders that call it never trigger a recomputation.  Heat quantisation
+(resnet-lrp Eq. 8) lives here for that reason: it changes what is shown, not
+the relevance, so it is rendering code, not propagation code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,35 @@ from .errors import NonFiniteAttribution
 
 DIVERGING = ("bwr", "RdBu_r", "coolwarm", "seismic", "PiYG")
 SEQUENTIAL = ("jet", "inferno", "viridis", "magma", "hot", "turbo", "gray")
+
+
+def heat_quantize(attribution: torch.Tensor, bins: int) -> torch.Tensor:
+    """Quantise a map to exactly ``bins`` levels (fewer only when the map has fewer distinct values).
+
+    Otsuki et al., Eq. 8: Delta = (max - min) / Q, A_q = min + floor((A - min) / Delta) * Delta
+    (the paper prints "... floor(.) Q"; the factor must be Delta for the levels to lie in the map's
+    range).  The maximum itself would land in an extra level Q, so it is kept in the top bin
+    (index Q - 1): exactly Q levels, monotone in the raw map.
+
+    The authors' released code differs: it floors on ``np.linspace(min, max, Q)``, i.e. with
+    Delta = (max - min) / (Q - 1), so only Q - 1 steps and the top level holds only the maximum
+    pixel(s).  We implement the paper.
+    """
+    if bins <= 0:
+        return attribution
+    a = attribution
+    lo, hi = a.amin(), a.amax()
+    if not bool(hi > lo):
+        return a.clone()
+    delta = (hi - lo) / bins
+    # Paper Eq. 8 (resnet-lrp), with the top bin closed so that max maps to bin Q-1.
+    index = torch.floor((a - lo) / delta).clamp(0, bins - 1)
+    return lo + index * delta
+
+
+def postprocess(attribution: torch.Tensor, display: dict) -> torch.Tensor:
+    """``MethodSpec.postprocess`` for the LRP methods: heat quantisation with the ``bins`` display option."""
+    return heat_quantize(attribution, int(display.get("bins", 0) or 0))
 
 
 def as_numpy(attribution: torch.Tensor | np.ndarray) -> np.ndarray:

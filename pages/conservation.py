@@ -4,7 +4,8 @@
 2. For residual models, the share each block sends through its skip connection vs its main branch.
 3. Fig. 7: input / first-block / last-block totals against the predicted probability over the gallery
    (and this session's uploads); points lie on y = x when conservation holds.
-The numbers come from the engine's trace (``Explanation.trace``); this page only renders them.
+The numbers come from the engine's trace (``Explanation.trace``); the sweep is ``explainers.conservation``;
+this page only renders them.
 """
 
 import json
@@ -13,7 +14,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainers import METHODS, get_method, methods_for
+from explainers.conservation import Sweep, conservation_sweep, sweep_options
 from explainers.images import image_hash
+from explainers.progress import progress_callback
 from explainers.propagation import PropagationTrace
 from pages import common
 
@@ -81,27 +84,35 @@ else:
 st.subheader("Conservation over images (paper Fig. 7)")
 st.caption("Start = predicted probability of each image's top class; totals at the input, the first residual "
            "block's input and the last block's input. On y = x, relevance is conserved.")
-sweep_opts = dict(options)
-if any(o.name == "start" for o in spec.options):
-    sweep_opts["start"] = "probability"
-compute, _ = spec.split_options(sweep_opts)
-items = common.gallery_images() + list(common.session_uploads().values())
-points = []
-progress = st.progress(0.0, text="Propagating over the gallery ...")
-for i, (name, data) in enumerate(items):
-    progress.progress(i / len(items), text=f"{name} ({i + 1}/{len(items)})")
+compute = sweep_options(method, options)  # display-only options are not part of it: moving them never reruns
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_sweep(model_key: str, method_: str, compute_json: str, image_keys: tuple[str, ...],
+                 _bundle, _images: list) -> Sweep:
+    """The Fig. 7 sweep, keyed by what it depends on: model, method, compute options, the images' hashes."""
+    return conservation_sweep(_bundle, _images, method_, json.loads(compute_json))
+
+
+images, keys = [], []
+for name, data in common.gallery_images() + list(common.session_uploads().values()):
     try:
-        image = common.decode(data, name)
-        x = bundle.preprocess(image)
-        top = bundle.topk(x, 1)[0][0]
-        r = common.cached_explanation(image_hash(data), ctx.model_key, method, top,
-                                      json.dumps(compute, sort_keys=True), _bundle=bundle, _x=x)
-    except Exception as exc:  # noqa: BLE001 - one bad image does not stop the sweep
+        images.append((name, common.decode(data, name)))
+        keys.append(image_hash(data))
+    except Exception as exc:  # noqa: BLE001 - an unreadable upload is skipped, not fatal
         common.show_error(exc)
-        continue
-    t: PropagationTrace = r.trace
-    points.append((name, r.score, t.total_at("input"), t.total_at("first_block"), t.total_at("last_block")))
-progress.empty()
+bar = st.progress(0.0, text="Propagating over the gallery ...")
+try:
+    with progress_callback(lambda f, t: bar.progress(f, text=t or "...")):
+        sweep = cached_sweep(ctx.model_key, method, json.dumps(compute, sort_keys=True), tuple(keys),
+                             _bundle=bundle, _images=images)
+except Exception as exc:  # noqa: BLE001 - shown as a friendly message; the page stays usable
+    common.show_error(exc)
+    st.stop()
+bar.empty()
+for name, reason in sweep.skipped:
+    st.warning(f"{name}: {reason}")
+points = [(p.name, p.probability, p.input, p.first_block, p.last_block) for p in sweep.points]
 scatter = go.Figure()
 for col, label in ((2, "input"), (3, "first block input"), (4, "last block input")):
     pts = [p for p in points if p[col] == p[col]]  # drop NaN (no residual blocks)

@@ -10,7 +10,14 @@ import streamlit as st
 import torch
 
 from explainers import METHODS, get_method, quality
-from explainers.metrics import attribution_localisation, box_mask, insertion_deletion, pointing_game, sparseness
+from explainers.metrics import (
+    attribution_localisation,
+    box_mask,
+    insertion_deletion,
+    pointing_game,
+    sparseness,
+    tie_protocols,
+)
 from explainers.progress import progress_callback
 from explainers.store import Store
 from pages import common
@@ -27,7 +34,7 @@ chosen, options = common.method_picker(bundle, "metrics_methods")
 
 c1, c2, c3 = st.columns(3)
 pixels_per_step = c1.select_slider("Pixels per step", [250, 500, 1000, 2500, 5000], value=500, key="metrics_pps",
-                                   help="500 gives the authors' 101 points at 224x224; larger is faster.")
+                                   help="500: 0 px + the authors' 101 points at 224x224; larger is faster.")
 start = c2.radio("Insertion starts from", ["black", "blurred"], horizontal=True, key="metrics_start")
 slow = c3.checkbox("Fidelity and stability (slower)", value=False, key="metrics_slow",
                    help="Fidelity: 100 forward passes; stability: 5 extra maps per method.")
@@ -68,9 +75,7 @@ for i, method in enumerate(chosen):
         res = common.explanation(ctx, method, opts)
         raw = res.attribution.float()
         shown = spec.display_map(raw, opts).float()
-        # both tie protocols where they can differ: a post-processed (e.g. heat-quantized) map, or any ties
-        protocols = ["together", "strict"] if (not torch.equal(shown, raw) or quality.has_ties(shown)) \
-            else ["together"]
+        protocols = tie_protocols(shown, raw)  # both where they can differ (library decides)
         key = json.dumps(opts, sort_keys=True, default=str)
         for ties in protocols:
             r = cached_insdel(ctx.image_hash, ctx.model_key, method, ctx.target, key, ties, pixels_per_step, start,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,12 @@ def test_metrics_page_shows_curves_aucs_and_both_tie_protocols(db):
     aucs = frames[0].value
     assert list(aucs["ties"]) == ["together", "strict"]  # Grad-CAM's ReLU leaves ties at 0
     assert {"Insertion ↑", "Deletion ↓", "ID ↑"} <= set(aucs.columns)
-    assert abs(aucs["ID ↑"][0] - (aucs["Insertion ↑"][0] - aucs["Deletion ↓"][0])) < 1e-6
+    # the plotted curves: x runs from 0 px to all pixels; both curves hold the full image's own score at the
+    # ends where it is shown whole (deletion at 0 px, insertion at 100 %), the same forward pass in float32
+    ins, dele = (json.loads(c.proto.spec)["data"] for c in charts)
+    for curve in ins + dele:
+        assert curve["x"][0] == 0.0 and curve["x"][-1] == 1.0
+    assert abs(dele[0]["y"][0] - ins[0]["y"][-1]) < 1e-6
     assert "sparseness (Gini) ↑" in frames[1].value.columns
     # localisation against a box adds two columns
     at.checkbox(key="metrics_use_box").check().run()

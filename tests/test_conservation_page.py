@@ -30,3 +30,32 @@ def test_conservation_page_toggling_identity_changes_block_shares():
     at.checkbox(key="conservation:resnet-lrp:include_identity").set_value(False).run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_conservation_sweep_reruns_for_compute_options_only(monkeypatch):
+    """Issue 15: the Fig. 7 sweep is cached by model, method, compute options and images; a display-only
+    option (heat-quantisation bins) re-renders without propagating the gallery again."""
+    import streamlit as st
+
+    from explainers import conservation
+
+    calls = []
+    real = conservation.conservation_sweep
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conservation, "conservation_sweep", counting)
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/conservation.py").run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1
+    at.slider(key="conservation:resnet-lrp:bins").set_value(3).run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1  # display only: the cached sweep is reused
+    at.checkbox(key="conservation:resnet-lrp:include_identity").set_value(False).run()
+    assert len(calls) == 2  # a compute option: the sweep reruns
+    assert len(at.get("plotly_chart")) == 3

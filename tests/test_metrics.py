@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import math
 import warnings
 
 import numpy as np
@@ -26,7 +26,9 @@ from explainers.metrics import (
     scoring_map,
     sparseness,
     stability,
+    tie_protocols,
 )
+from explainers.render import heat_quantize
 
 
 class RegionMean(torch.nn.Module):
@@ -41,31 +43,85 @@ class RegionMean(torch.nn.Module):
         return torch.stack([v, torch.zeros_like(v)], 1)
 
 
-def heat_quantize(attribution: torch.Tensor, bins: int = 8) -> torch.Tensor:
-    """resnet-lrp Eq. 8: Delta = (max - min) / Q, A_q = min + floor((A - min) / Delta) Delta, max in the top bin.
-
-    The project's own implementation (explainers/quantize.py, written with LRP) is used when present.
-    """
-    if importlib.util.find_spec("explainers.quantize") is not None:
-        from explainers.quantize import heat_quantize as hq
-
-        return hq(attribution, bins)
-    lo, hi = attribution.min(), attribution.max()
-    delta = (hi - lo) / bins
-    level = torch.floor((attribution - lo) / delta).clamp(max=bins - 1)
-    return lo + level * delta
-
-
 # --------------------------------------------------------------------------- insertion / deletion
 
 
-def test_schedule_matches_authors_code():
+def test_schedule_starts_at_zero_pixels_then_authors_steps():
     counts = schedule(224 * 224, 500)
-    assert counts.numel() == 101 and counts[0] == 500 and counts[-1] == 224 * 224
+    # the authors' 101 points (500, 1000, ..., 50000, 50176) behind a leading 0
+    assert counts.numel() == 102 and counts[0] == 0 and counts[1] == 500 and counts[-2] == 50000
+    assert counts[-1] == 224 * 224
     assert torch.allclose(auc(torch.ones(3, 11)), torch.ones(3))
-    # (sum - a0/2 - a_end/2) / (n - 1), as patch_insdel.py
-    y = torch.rand(7)
+    # without fractions: (sum - a0/2 - a_end/2) / (n - 1), as patch_insdel.py
+    y = torch.rand(7, dtype=torch.float64)
     assert torch.isclose(auc(y), (y.sum() - y[0] / 2 - y[-1] / 2) / 6)
+    # with fractions: y = x on uneven points has area 1/2 (trapezoids are exact on lines; 1e-15 = float64 rounding)
+    x = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0], dtype=torch.float64)
+    assert float(auc(x, x)) == pytest.approx(0.5, abs=1e-15)
+
+
+class RowLogit(torch.nn.Module):
+    """Two classes on a 4x4 image: logit_0 = sum_{c, i, j} x[c, i, j] a_i / 12 (row i carries a_i), logit_1 = 0.
+
+    On an all-ones image each row adds exactly a_i to logit_0 whatever its columns; the black baseline
+    (mean 0, std 1) adds nothing.  So p_0 = sigmoid(sum of the a_i of the rows present), by hand.
+    """
+
+    def __init__(self, a: list[float]):
+        super().__init__()
+        self.register_buffer("w", torch.tensor(a, dtype=torch.float32)[:, None].expand(4, 4) / 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = (x * self.w).sum((1, 2, 3))
+        return torch.stack([v, torch.zeros_like(v)], 1)
+
+
+# a_i chosen so every partial sum is the log of a simple odds ratio: ln 3, ln 3, -ln 9, -ln 3
+ROW_A = [math.log(3), math.log(3), -math.log(9), -math.log(3)]
+ROW_MAP = torch.tensor([[4.0 - r + 0.1 * c for c in range(4)] for r in range(4)])  # row 0 first, no ties
+
+
+def test_insertion_deletion_curves_and_areas_equal_hand_computation():
+    x = torch.ones(1, 3, 4, 4)
+    r = insertion_deletion_curves(RowLogit(ROW_A), x, ROW_MAP[None], [0], pixels_per_step=4)
+    assert r.fractions.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # insertion: rows present 0, {0}, {0,1}, {0,1,2}, all -> logit 0, ln 3, ln 9, 0, -ln 3
+    # -> p = 1/2, 3/4, 9/10, 1/2, 1/4 (p = odds / (1 + odds))
+    ins = [1 / 2, 3 / 4, 9 / 10, 1 / 2, 1 / 4]
+    # deletion: rows left all, {1,2,3}, {2,3}, {3}, none -> logit -ln 3, -ln 9, -ln 27, -ln 3, 0
+    dele = [1 / 4, 1 / 10, 1 / 28, 1 / 4, 1 / 2]
+    # float32 logits and softmax: a few ulps of values <= 1, so 1e-6 absolute holds and is tight
+    assert torch.allclose(r.insertion[0], torch.tensor(ins), atol=1e-6, rtol=0)
+    assert torch.allclose(r.deletion[0], torch.tensor(dele), atol=1e-6, rtol=0)
+    # trapezoids of width 1/4: ins (1/2 + 2 (3/4 + 9/10 + 1/2) + 1/4) / 8 = 5.05 / 8
+    assert float(r.insertion_auc[0]) == pytest.approx(5.05 / 8, abs=1e-6)
+    # del (1/4 + 2 (1/10 + 1/28 + 1/4) + 1/2) / 8 = (3/4 + 27/35) / 8
+    assert float(r.deletion_auc[0]) == pytest.approx((3 / 4 + 27 / 35) / 8, abs=1e-6)
+    assert float(r.id_score[0]) == pytest.approx(5.05 / 8 - (3 / 4 + 27 / 35) / 8, abs=2e-6)
+    # the curve starts at 0 pixels: the image's own score for deletion, the baseline's for insertion
+    own = RowLogit(ROW_A)(x).softmax(-1)[0, 0]
+    assert torch.isclose(r.deletion[0, 0], own) and torch.isclose(r.insertion[0, -1], own)
+
+
+def test_tie_protocols_on_a_tied_map_equal_hand_computation():
+    """Rows 1-3 tied at 0: 'together' inserts all 12 tied pixels once the rank reaches them; 'strict' with the
+    row-ranked map as secondary key inserts them row by row, i.e. exactly the untied curve above."""
+    x = torch.ones(1, 3, 4, 4)
+    tied = torch.zeros(4, 4)
+    tied[0] = 1.0
+    kw = dict(pixels_per_step=4)
+    together = insertion_deletion_curves(RowLogit(ROW_A), x, tied[None], [0], ties="together", **kw)
+    strict = insertion_deletion_curves(RowLogit(ROW_A), x, tied[None], [0], ties="strict", raw=ROW_MAP[None], **kw)
+    # together, from n = 8 on every row is in: logit -ln 3 (insertion 1/4) / nothing left (deletion 1/2)
+    assert torch.allclose(together.insertion[0], torch.tensor([1 / 2, 3 / 4, 1 / 4, 1 / 4, 1 / 4]), atol=1e-6)
+    assert torch.allclose(together.deletion[0], torch.tensor([1 / 4, 1 / 10, 1 / 2, 1 / 2, 1 / 2]), atol=1e-6)
+    assert torch.allclose(strict.insertion[0], torch.tensor([1 / 2, 3 / 4, 9 / 10, 1 / 2, 1 / 4]), atol=1e-6)
+    assert torch.allclose(strict.deletion[0], torch.tensor([1 / 4, 1 / 10, 1 / 28, 1 / 4, 1 / 2]), atol=1e-6)
+    # which protocols a page should show: both only where they can differ
+    assert tie_protocols(tied) == ("together", "strict")
+    assert tie_protocols(ROW_MAP) == ("together",)
+    assert tie_protocols(heat_quantize(ROW_MAP, 64), ROW_MAP) == ("together", "strict")  # post-processed
+    assert tie_protocols(ROW_MAP, ROW_MAP.clone()) == ("together",)
 
 
 def test_region_first_map_beats_its_reverse_and_protocols_agree_without_ties():
@@ -97,7 +153,7 @@ def test_together_inserts_ties_at_once_strict_does_not():
     together = insertion_deletion_curves(model, x, tied[None], [0], pixels_per_step=16, ties="together")
     strict = insertion_deletion_curves(model, x, tied[None], [0], pixels_per_step=16, ties="strict")
     # after the 64 top pixels, 'together' shows the whole image at once
-    assert torch.allclose(together.insertion[0, 4:], together.insertion[0, -1].expand(12))
+    assert torch.allclose(together.insertion[0, 5:], together.insertion[0, -1].expand(12))  # point 0 = 0 px
     assert float(together.insertion_auc[0]) > float(strict.insertion_auc[0])
 
 
@@ -219,6 +275,10 @@ def test_contrastiveness_constant_map_is_zero_and_perfect_map_is_one():
     assert contrastiveness(torch.ones(1, 32, 32), s)[0] == 0.0  # the paper's tables: constant maps score 0
     assert contrastiveness(q[1].float()[None], s)[0] == pytest.approx(1.0)
     assert contrastiveness(torch.zeros(1, 32, 32), s)[0] == 0.0
+    # by hand: 1 on the positive quadrant, 1/2 on TL (S = 2 * 0.05 / 0.8 - 1 = -7/8), 0 elsewhere; per quadrant
+    # of |q| pixels, C = (1 * 1 + 1/2 * (-7/8)) |q| / ((1 + 1/2) |q|) = (9/16) / (3/2) = 3/8
+    partial = q[1].float() + 0.5 * q[0].float()
+    assert float(contrastiveness(partial[None], s)[0]) == pytest.approx(3 / 8, abs=1e-6)  # float32 sums of 0.5s
     # a negative whose class is as likely as the positive's scores like the positive
     same = scoring_map(32, 32, positive=0, quadrant_classes=[2, 2, 7, 9], positive_probs=probs)
     assert torch.all(same[q[1]] == 1.0)

@@ -17,8 +17,8 @@ import torch
 from ..guard import model_guard
 from ..models import ModelBundle
 from ..propagation import COMPOSITES, INPUT_RULES, RESIDUAL_RULES, LRPRules, make_composite, propagate
-from ..propagation.quantize import postprocess
 from ..registry import CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
+from ..render import postprocess
 
 
 def rule_set(bundle: ModelBundle | None, opts: dict[str, Any]) -> LRPRules:

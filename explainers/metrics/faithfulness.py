@@ -37,7 +37,7 @@ def fidelity(model: ModelFn, x: torch.Tensor, maps: torch.Tensor | Sequence[torc
     maps = as_maps(maps, (h, w), x.device).flatten(1)
     targets = as_targets(targets, b, x.device)
     gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(b)
+    out = []  # kept on the device; one copy to the host at the end
     for i in range(b):
         subsets = torch.stack([torch.randperm(h * w, generator=gen)[:subset] for _ in range(runs)]).to(x.device)
         keep = torch.ones(runs, h * w, device=x.device, dtype=x.dtype)
@@ -46,8 +46,8 @@ def fidelity(model: ModelFn, x: torch.Tensor, maps: torch.Tensor | Sequence[torc
         logits = chunked_forward(model, torch.cat([x[i:i + 1], perturbed]), batch_size)[:, targets[i]]
         drop = logits[0] - logits[1:]
         summed = maps[i][subsets].sum(1)
-        out[i] = pearson(summed.float(), drop.float()).cpu()
-    return out
+        out.append(pearson(summed.float(), drop.float()))
+    return torch.stack(out).cpu()
 
 
 def max_abs_normalise(maps: torch.Tensor) -> torch.Tensor:

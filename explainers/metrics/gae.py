@@ -159,7 +159,9 @@ def local_consistency(model: ModelFn, explain_fn: ExplainFn, x: torch.Tensor,
         impacts.append(imp)
         if t == steps - 1:
             break
-        k = int(round((t + 1) / steps * n)) - int(zeroed[0].sum())
+        # after step t exactly round(t / T n) entries are zeroed (every step tops up to its fraction), so k is
+        # known on the host: reading zeroed.sum() would synchronise the device once per step
+        k = int(round((t + 1) / steps * n)) - int(round(t / steps * n))
         score = imp.flatten(1).clone()
         # entries already zeroed are never picked again: MoRF takes the largest remaining, LeRF the smallest
         score[:b][zeroed[:b]] = -float("inf")

@@ -6,11 +6,15 @@ x on A_n and the baseline elsewhere, the deletion input d_n the reverse.  The
 curves are the softmax probability of the explained class against n; the
 scores are their areas (trapezoid rule) and ID = Insertion - Deletion.
 
-Schedule, as the authors' released code (``metrics/patch_insdel.py``):
-``pixels_per_step`` = 500 at 224x224 gives ceil(50176 / 500) = 101 points,
-point i having min(500 (i + 1), N) pixels inserted/deleted, and the area is
-the trapezoid rule with uniform spacing 1 / (points - 1), i.e.
-(sum - a_0 / 2 - a_end / 2) / (points - 1).
+Schedule.  The authors' released code (``metrics/patch_insdel.py``) uses
+``pixels_per_step`` = 500: at 224x224, ceil(50176 / 500) = 101 points, point i
+having min(500 (i + 1), N) pixels inserted/deleted, area by the trapezoid rule
+with uniform spacing 1 / (points - 1).  Its curves therefore start at 1 % of
+the pixels and its last step (176 px) is counted as a full one.  We add the
+point at 0 pixels (the baseline's score for insertion, the image's own score
+for deletion: the curve of Eq. 10 starts at n = 0) and integrate over the true
+fractions n / N, i.e. the exact area under the piecewise-linear curve on
+[0, 1].  ``auc(curves)`` without fractions still gives the code's uniform rule.
 
 Ties.  The released code builds each mask as ``map >= threshold`` where the
 threshold is the value at the current rank, so every pixel tied at that value
@@ -34,6 +38,9 @@ import torch
 from ._common import ModelFn, as_maps, as_targets, baseline_image, chunked_forward
 
 TIES = ("together", "strict")
+# Names the curve protocol (points and area rule) for stored results: values stored under another protocol
+# (the earlier 1 %-first, uniform-spacing one) must not be reused as if comparable.
+SCHEDULE = "0px-first/exact-trapezoid"
 STARTS = ("black", "blurred")
 
 
@@ -56,19 +63,41 @@ class InsDelResult:
 
 
 def schedule(n_pixels: int, pixels_per_step: int = 500) -> torch.Tensor:
-    """Pixel counts per curve point: min(k (i + 1), N), i < ceil(N / k) (authors' code, 101 points at 224^2)."""
+    """Pixel counts per curve point: 0, then min(k i, N) for i = 1 .. ceil(N / k) (102 points at 224^2).
+
+    The authors' code has the same points without the leading 0 (see the module docstring).
+    """
     if pixels_per_step < 1:
         raise ValueError("pixels_per_step must be >= 1")
     points = math.ceil(n_pixels / pixels_per_step)
-    return torch.clamp(torch.arange(1, points + 1) * pixels_per_step, max=n_pixels)
+    return torch.clamp(torch.arange(0, points + 1) * pixels_per_step, max=n_pixels)
 
 
-def auc(curves: torch.Tensor) -> torch.Tensor:
-    """Trapezoid rule with uniform spacing on [0, 1] (resnet-lrp App. A.0.3, authors' ``patch_insdel.py``)."""
+def auc(curves: torch.Tensor, fractions: torch.Tensor | None = None) -> torch.Tensor:
+    """Area under ``curves`` ``[..., S]`` by the trapezoid rule (resnet-lrp App. A.0.3).
+
+    With ``fractions`` (the x of each point, in [0, 1]) the exact area of the piecewise-linear curve;
+    without, uniform spacing 1 / (S - 1) as the authors' ``patch_insdel.py``.
+    """
     s = curves.shape[-1]
     if s == 1:
         return curves[..., 0]
+    if fractions is not None:
+        return torch.trapezoid(curves, x=fractions.to(curves.dtype), dim=-1)
     return torch.trapezoid(curves, dx=1.0 / (s - 1), dim=-1)
+
+
+def tie_protocols(shown: torch.Tensor, raw: torch.Tensor | None = None) -> tuple[str, ...]:
+    """The tie protocols worth reporting for a map: both where they can differ, else ``("together",)``.
+
+    They differ only when the ranked map has ties: always possible after display post-processing
+    (``shown`` is not the ``raw`` map, e.g. heat-quantised), or when the map itself repeats a value
+    (a CAM's ReLU leaves a plateau at 0).  Without ties they give identical curves, so one suffices.
+    """
+    flat = shown.flatten()
+    processed = raw is not None and not torch.equal(shown, raw)
+    tied = torch.unique(flat).numel() < flat.numel()
+    return TIES if processed or tied else ("together",)
 
 
 def strict_rank(maps: torch.Tensor, raw: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
@@ -103,8 +132,9 @@ def insertion_masks(maps: torch.Tensor, counts: torch.Tensor, ties: str = "toget
     counts = counts.to(flat.device)
     if ties == "together":
         sorted_desc = torch.sort(flat, dim=1, descending=True).values
-        thresholds = sorted_desc[:, counts - 1]  # [B, S]
-        masks = flat[:, None, :] >= thresholds[:, :, None]
+        thresholds = sorted_desc[:, (counts - 1).clamp(min=0)]  # [B, S]
+        # n = 0 inserts nothing (no threshold can express that with ties at the top)
+        masks = (flat[:, None, :] >= thresholds[:, :, None]) & (counts > 0)[None, :, None]
     elif ties == "strict":
         rank = strict_rank(maps, raw, seed)
         masks = rank[:, None, :] < counts[None, :, None]
@@ -140,7 +170,7 @@ def insertion_deletion_curves(model: ModelFn, x: torch.Tensor, maps: torch.Tenso
     base = baseline_image(x, start, mean, std)
     black = baseline_image(x, "black", mean, std)
     s = counts.numel()
-    ins, dele = torch.empty(b, s), torch.empty(b, s)
+    curves = []  # stays on the device: one copy to the host at the end, not two syncs per image
     for i in range(b):
         m = masks[i][:, None].to(x.dtype)  # [S, 1, H, W]
         # resnet-lrp Eq. 10: i_n = x on A_n, baseline elsewhere; d_n = baseline on A_n, x elsewhere.
@@ -148,9 +178,12 @@ def insertion_deletion_curves(model: ModelFn, x: torch.Tensor, maps: torch.Tenso
         inserted = m * x[i] + (1 - m) * base[i]
         deleted = (1 - m) * x[i] + m * black[i]
         probs = chunked_forward(model, torch.cat([inserted, deleted]), batch_size).softmax(-1)[:, targets[i]]
-        ins[i], dele[i] = probs[:s].cpu(), probs[s:].cpu()
+        curves.append(probs)
+    both = torch.stack(curves).cpu()  # [B, 2S]
+    ins, dele = both[:, :s], both[:, s:]
     return InsDelResult(fractions=counts.float() / (h * w), insertion=ins, deletion=dele,
-                        insertion_auc=auc(ins), deletion_auc=auc(dele), ties=ties, start=start)
+                        insertion_auc=auc(ins, counts.float() / (h * w)),
+                        deletion_auc=auc(dele, counts.float() / (h * w)), ties=ties, start=start)
 
 
 def insertion_deletion(bundle, x: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor],

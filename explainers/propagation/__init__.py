@@ -17,10 +17,10 @@ absLRP and SRD.  How to add a method:
   ``propagate(..., keep_activations=True)``: the forward then keeps every value in ``env``.
 """
 
+from ..render import heat_quantize  # display code, re-exported for old callers
 from .composites import COMPOSITES, INPUT_RULES, make_composite
 from .engine import BlockShare, NodeTotal, Propagation, PropagationTrace, forward, propagate
 from .graph import PropGraph, Residual, UnsupportedOperation, build_graph
-from .quantize import heat_quantize
 from .rules import (
     RESIDUAL_RULES,
     AlphaBeta,
