@@ -54,9 +54,9 @@ def _trapezoid(ys: list[float]) -> float:
 def hand_curves() -> tuple[list[float], list[float], float, float]:
     """(insertion curve, deletion curve, insertion area, deletion area) at one pixel per step.
 
-    Point n (n = 1..4) has the first n pixels of the ranking inserted into black (logit 3 * sum of their
-    a) or deleted from the white image (logit 3 * sum of the others' a); the areas are the trapezoid rule
-    on [0, 1] with spacing 1/3 (resnet-lrp App. A.0.3, authors' patch_insdel.py)."""
-    ins = [_p(3 * sum(A[:n])) for n in range(1, 5)]
-    dele = [_p(3 * sum(A[n:])) for n in range(1, 5)]
+    Point n (n = 0..4) has the first n pixels of the ranking inserted into black (logit 3 * sum of their
+    a) or deleted from the white image (logit 3 * sum of the others' a); the curves start at 0 pixels (the
+    black image, the image itself), and the areas are the trapezoid rule on [0, 1] with spacing 1/4."""
+    ins = [_p(3 * sum(A[:n])) for n in range(0, 5)]
+    dele = [_p(3 * sum(A[n:])) for n in range(0, 5)]
     return ins, dele, _trapezoid(ins), _trapezoid(dele)
