@@ -38,7 +38,7 @@ class TriageSettings:
     threshold: float = PAPER_THRESHOLD  # failure when ID <= threshold
     small_area: float = 0.10  # attributed area below this fraction -> IA
     large_area: float = 0.50  # attributed area above this fraction -> OA
-    pixels_per_step: int = 500  # insertion/deletion schedule (101 points at 224x224, as the authors' code)
+    pixels_per_step: int = 500  # insertion/deletion schedule (0 px, then 101 points of 500 px at 224x224)
     # 'together' is the authors' tie protocol, under which the 0.371 threshold was measured;
     # 'strict' avoids its jump to the full image on heat-quantised maps (see metrics.insdel).
     ties: str = "together"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,4 +88,17 @@ def test_gae_score_end_to_end(lite0, mosaic):
     score = gae_score(lite0, mosaic, images, 0, "gradcam", steps=3)
     assert 0.0 <= score.local_consistency <= 1.0 and 0.0 <= score.contrastiveness <= 1.0
     assert -1.0 <= score.robustness <= 1.0 and -1.0 <= score.faithfulness <= 1.0
-    assert score.gae == pytest.approx(score.local_consistency * score.contrastiveness)
+    # Contrastiveness recomputed by hand (abslrp-gae Sec. 3.2, Eq. 17) in numpy from the mosaic's own map and
+    # the positive image's softmax: S = 1 on the positive quadrant, clamp(2 p[c_q] / p[c_p] - 1, -1, 1) elsewhere.
+    from explainers import explain
+
+    c = mosaic.classes
+    a = explain(lite0, mosaic.x, "gradcam", target=c[0]).attribution.numpy().astype(np.float64).clip(0, None)
+    a /= a.max()
+    p = lite0.predict(lite0.preprocess(images[0]))[0].double().numpy()
+    s = np.empty_like(a)
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    for q, (rows, cols) in enumerate([(slice(0, h), slice(0, w)), (slice(0, h), slice(w, None)),
+                                      (slice(h, None), slice(0, w)), (slice(h, None), slice(w, None))]):
+        s[rows, cols] = 1.0 if q == 0 else min(1.0, max(-1.0, 2 * p[c[q]] / p[c[0]] - 1))
+    assert score.contrastiveness == pytest.approx(max(0.0, (a * s).sum() / a.sum()), abs=1e-5)
