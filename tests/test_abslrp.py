@@ -14,11 +14,11 @@ from torch import nn
 
 from explainers import METHODS, explain, explain_batch
 from explainers.guard import count_hooks
+from explainers.methods.abslrp.rules import AbsLRPRules, _bilinear
 from explainers.methods.lrp import rule_set
 from explainers.metrics.gae import quadrant_masks
 from explainers.mosaic import build_mosaic, gallery_pool
 from explainers.propagation import propagate
-from explainers.propagation.abslrp import AbsLRPRules, _bilinear
 
 VIT = "vit_tiny_patch16_224"
 
@@ -141,7 +141,7 @@ def test_contrastive_on_lite0_mosaic(lite0, mosaic):
         shares.append(float(pos[masks[q]].sum() / pos.sum()))
     assert sum(s > 0.5 for s in shares) >= 3, shares
     # Why renormalise="sign" is the default: Eq. 12 alone lets the -1/N share, amplified through the other
-    # classes' near-zero logits, swamp the target's (the deviation documented in explainers/propagation/abslrp.py).
+    # classes' near-zero logits, swamp the target's (the deviation documented in explainers/methods/abslrp/rules.py).
     raw = explain(lite0, mosaic.x, "abslrp", target=mosaic.classes[0], renormalise="off").attribution
     assert float(raw.clamp(min=0).sum()) < 0.01 * float(raw.abs().sum())
 
