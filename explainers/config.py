@@ -140,11 +140,16 @@ def _typed(table: dict, key: str, kind: type | tuple[type, ...], label: str, def
     return value
 
 
+def _resolve(base: Path, value: str) -> Path:
+    """A path from the file: relative ones are taken from the file's own folder."""
+    return Path(value) if Path(value).is_absolute() else (base / value).resolve()
+
+
 def _file(table: dict, key: str, base: Path, label: str) -> Path | None:
     value = _typed(table, key, str, label)
     if value is None:
         return None
-    path = (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+    path = _resolve(base, value)
     if not path.is_file():
         raise ConfigError(f"{label}: {key} file {Path(value).name!r} does not exist.")
     return path
@@ -200,7 +205,7 @@ def _dataset(name: str, t: dict, base: Path, where: str) -> DatasetEntry:
     value = _typed(t, "path", str, label)
     if not value:
         raise ConfigError(f"{label}: 'path' is required (a folder or a .csv/.parquet manifest).")
-    path = (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+    path = _resolve(base, value)
     if not path.exists():
         raise ConfigError(f"{label}: path {Path(value).name!r} does not exist.")
     layout = _typed(t, "layout", str, label, "auto")

@@ -286,5 +286,4 @@ def load_source(spec: str, device: str | torch.device | None = None, weights: st
     return zoo.ModelBundle(
         model=model, name=display_name or spec, family=family_of(model), class_names=tuple(names), device=dev,
         trained=trained, weights_source=where,
-        prep=zoo.Preprocessing(int(p["resize"]), int(p["crop"]), tuple(p["mean"]), tuple(p["std"]),
-                               p.get("interpolation", "bilinear")))
+        prep=zoo.Preprocessing.from_dict(p))

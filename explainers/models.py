@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -75,6 +76,12 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # 'bilinear' | 'bicubic'
+
+    @classmethod
+    def from_dict(cls, p: Mapping[str, Any]) -> Preprocessing:
+        """From the metadata dicts of :mod:`explainers.model_sources` (resize, crop, mean, std, interpolation)."""
+        return cls(int(p["resize"]), int(p["crop"]), tuple(p["mean"]), tuple(p["std"]),
+                   p.get("interpolation", "bilinear"))
 
 
 @dataclass
@@ -336,26 +343,15 @@ def _lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _build(spec: ModelSpec) -> tuple[nn.Module, Preprocessing]:
-    if spec.source == "torchvision":
-        import torchvision
+    """The zoo's architectures through the same builders as ``timm:`` / ``torchvision:`` sources."""
+    from .model_sources import Source, build
 
-        model = torchvision.models.get_model(spec.arch, weights=None)
-        t = _torchvision_weights(spec.arch).transforms()
-        interp = "bicubic" if "BICUBIC" in str(t.interpolation) else "bilinear"
-        prep = Preprocessing(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std), interp)
-        return model, prep
-    import timm
-
-    model = timm.create_model(spec.arch, pretrained=False)
-    cfg = model.pretrained_cfg
-    crop = cfg["input_size"][-1]
+    model, p = build(Source("torchvision" if spec.source == "torchvision" else "timm", spec.arch))
     if spec.source == "embedded":
         # The lukemelas/TF Lite0 weights expect plain ImageNet normalisation.
-        prep = Preprocessing(int(round(crop / 0.875)), crop, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
-    else:
-        prep = Preprocessing(int(round(crop / cfg.get("crop_pct", 0.875))), crop,
-                             tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
-    return model, prep
+        p = {**p, "resize": int(round(p["crop"] / 0.875)), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+             "interpolation": "bicubic"}
+    return model, Preprocessing.from_dict(p)
 
 
 def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torch.Tensor], str]:

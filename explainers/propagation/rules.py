@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from .graph import PropGraph, Residual, UnsupportedOperation, batch_norm_params
-from .ruleset import OpContext, RuleSet, stabilize
+from .graph import PropGraph, Residual, batch_norm_params
+from .ruleset import OpContext, RuleSet, layer_params, stabilize
 
 Tensor = torch.Tensor
 
@@ -325,16 +325,7 @@ class LRPRules(RuleSet):
 
     # -- per kind ------------------------------------------------------------------------
     def layer_context(self, op: OpContext) -> LayerContext:
-        m = op.module
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            raise UnsupportedOperation(f"{op.name}: only nn.Conv2d / nn.Linear modules are supported as layers")
-        weight = m.weight if m.weight.dtype == op.x.dtype else m.weight.detach().to(op.x.dtype)
-        bias = m.bias.detach().to(op.x.dtype) if m.bias is not None else None
-        conv = None
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise UnsupportedOperation(f"{op.name}: padding {m.padding!r}/{m.padding_mode} is not supported")
-            conv = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
+        weight, bias, conv = layer_params(op)
         bn = op.graph.merged_bn.get(op.node)
         if self.bn == "merge" and bn is not None:
             scale, shift = batch_norm_params(op.graph, bn, op.env)

@@ -73,6 +73,22 @@ class OpContext:
         return run_node(self.graph.module, self.node, env, new_inputs[0])
 
 
+def layer_params(op: OpContext) -> tuple[Tensor, Tensor | None, dict[str, Any] | None]:
+    """(weight, bias, conv parameters or None for a dense layer) of a conv / linear node, in the activations' dtype:
+    what every rule set's layer rule starts from."""
+    m = op.module
+    if not isinstance(m, (nn.Conv2d, nn.Linear)):
+        raise UnsupportedOperation(f"{op.name}: only nn.Conv2d / nn.Linear modules are supported as layers")
+    weight = m.weight if m.weight.dtype == op.x.dtype else m.weight.detach().to(op.x.dtype)
+    bias = m.bias.detach().to(op.x.dtype) if m.bias is not None else None
+    conv = None
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise UnsupportedOperation(f"{op.name}: padding {m.padding!r}/{m.padding_mode} is not supported")
+        conv = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
+    return weight, bias, conv
+
+
 class RuleSet(abc.ABC):
     """The interface every propagation method's rule set implements (see the module docstring)."""
 

@@ -10,12 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ...propagation.graph import UnsupportedOperation
 from ...propagation.linear import transpose
 from ...propagation.rules import clamped
-from ...propagation.ruleset import OpContext
+from ...propagation.ruleset import OpContext, layer_params
 
 Tensor = torch.Tensor
 
@@ -60,16 +58,7 @@ class Layer:
 
 
 def layer_of(op: OpContext) -> Layer:
-    m = op.module
-    if not isinstance(m, (nn.Conv2d, nn.Linear)):
-        raise UnsupportedOperation(f"{op.name}: only nn.Conv2d / nn.Linear modules are supported as layers")
-    weight = m.weight if m.weight.dtype == op.x.dtype else m.weight.detach().to(op.x.dtype)
-    bias = m.bias.detach().to(op.x.dtype) if m.bias is not None else None
-    conv = None
-    if isinstance(m, nn.Conv2d):
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise UnsupportedOperation(f"{op.name}: padding {m.padding!r}/{m.padding_mode} is not supported")
-        conv = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
+    weight, bias, conv = layer_params(op)
     return Layer(weight=weight, bias=bias, conv=conv, nonneg=op.graph.data_inputs[op.node][0] in op.graph.nonneg)
 
 
