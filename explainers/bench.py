@@ -80,10 +80,10 @@ def parse_method_options(text: str) -> tuple[str, dict[str, str]]:
     return name, opts
 
 
-def expand_methods(tokens: list[str], model_family: str) -> list[str]:
+def expand_methods(tokens: list[str], bundle: ModelBundle) -> list[str]:
     """Method ids from ``--methods`` tokens: an id (with inline options) stays as given; a method family
     (``cam``, ``gradient``, ``lrp``, ``srd``) or ``all`` becomes every registered method of that family that
-    supports ``model_family``, in registry order, so one command times a whole family."""
+    runs on ``bundle``'s model, in registry order, so one command times a whole family."""
     from .registry import METHODS
 
     families = {spec.family for spec in METHODS.values()}
@@ -91,7 +91,7 @@ def expand_methods(tokens: list[str], model_family: str) -> list[str]:
     for token in tokens:
         if token == "all" or token in families:
             out += [m for m, spec in METHODS.items()
-                    if (token == "all" or spec.family == token) and spec.supports(model_family) and m not in out]
+                    if (token == "all" or spec.family == token) and spec.supports(bundle) and m not in out]
         elif token not in out:
             out.append(token)
     return out

@@ -8,14 +8,21 @@ family name (families stay as display labels).
 - ``cam_layer``: the CAM target layer: the last module to finish with a spatial ``[B, C, H, W]`` output (H, W > 1),
   i.e. the last spatial block; ``None`` when there is none (then only gradient methods apply, or a ViT-like token
   model with ``tokens=True``).
+- ``distinct_activations``: every nonlinearity is its own module, called once (captum's DeepLift needs it; a
+  torchvision ResNet reuses one ReLU per block).
+
+A method states what it needs as a :class:`Requirement` (``MethodSpec.needs``); ``registry.supports`` tests it
+against these capabilities, and the message for a missing one names what is missing (for an untraceable model:
+the operation).
 
 The probe runs on a private copy of the model, so hooks never touch the shared one.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
@@ -34,6 +41,7 @@ class Capabilities:
     depthwise: bool
     cam_layer: str | None
     tokens: bool  # outputs of its blocks are [B, tokens, C] sequences (a ViT): CAMs need a reshape
+    distinct_activations: bool = True
 
     @property
     def spatial(self) -> bool:
@@ -61,7 +69,7 @@ def _analyse(model: nn.Module, input_size: int, name: str) -> Capabilities:
     attention = any("attention" in type(m).__name__.lower() for m in model.modules())
     depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
                     for m in model.modules())
-    residual, propagation, reason = False, True, None
+    residual, propagation, reason, distinct = False, True, None, False
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -70,15 +78,72 @@ def _analyse(model: nn.Module, input_size: int, name: str) -> Capabilities:
     try:
         graph = build_graph(model, name or type(model).__name__, example=example)
         residual = bool(graph.residuals)
+        distinct = _activations_called_once(graph.module)
     except ExplainerError as exc:  # the engine's typed "not supported" errors name the operation
         propagation, reason = False, str(exc)
     cam_layer, tokens = _spatial_layer(model, example)
-    return Capabilities(propagation, reason, residual, attention, depthwise, cam_layer, tokens)
+    return Capabilities(propagation, reason, residual, attention, depthwise, cam_layer, tokens, distinct)
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                nn.Hardsigmoid, nn.Softplus, nn.Mish)
+
+
+def _activations_called_once(gm) -> bool:
+    """No activation module is called twice, and no activation is a bare function (fx call_function)."""
+    modules = dict(gm.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes
+                    if n.op == "call_module" and isinstance(modules.get(n.target), _ACTIVATIONS))
+    functional = any(n.op in ("call_function", "call_method") and getattr(n.target, "__name__", str(n.target))
+                     in ("relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish")
+                     for n in gm.graph.nodes)
+    return bool(calls) and max(calls.values()) == 1 and not functional
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a method needs from a model, testable on its :class:`Capabilities`."""
+
+    name: str
+    test: Callable[[Capabilities], bool]
+    needs: str  # completes "<method> needs ..."
+
+    def met(self, caps: Capabilities) -> bool:
+        return bool(self.test(caps))
+
+    def why_not(self, caps: Capabilities) -> str:
+        """Why ``caps`` does not meet this requirement (one sentence, naming the untraceable operation)."""
+        if self.name in ("propagation", "conv propagation") and not caps.propagation and caps.reason:
+            return f"needs {self.needs}, and {caps.reason.rstrip('.')}"
+        return f"needs {self.needs}"
+
+
+ANY = Requirement("any", lambda c: True, "nothing")
+SPATIAL = Requirement("spatial", lambda c: c.spatial,
+                      "a spatial feature map (a convolutional block or a ViT's patch tokens)")
+CONV_MAP = Requirement("conv map", lambda c: c.cam_layer is not None and not c.tokens,
+                       "a convolutional feature map")
+PROPAGATION = Requirement("propagation", lambda c: c.propagation,
+                          "a model torch.fx can trace with a propagation rule for every operation")
+CONV_PROPAGATION = Requirement("conv propagation", lambda c: c.propagation and not c.tokens and not c.attention,
+                               "a convolutional network torch.fx can trace with a rule for every operation")
+DISTINCT_ACTIVATIONS = Requirement("distinct activations",
+                                   lambda c: c.cam_layer is not None and c.distinct_activations,
+                                   "a CNN whose every activation is its own module, called once (captum's DeepLift)")
+ABSLRP = Requirement("abslrp", lambda c: c.propagation or (c.tokens and c.attention),
+                     "a model torch.fx can trace with a propagation rule for every operation, or a ViT")
+
+
+def capabilities_of(bundle) -> Capabilities:
+    """The capabilities of a loaded :class:`~explainers.models.ModelBundle` (at its input size)."""
+    return capabilities(bundle.model, bundle.input_size, bundle.label)
 
 
 def _spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str | None, bool]:
     """(name of the last module to finish with a spatial map, whether blocks emit token sequences)."""
-    probe = copy.deepcopy(model).eval()
+    from .guard import twin
+
+    probe = twin(model).eval()  # own modules and hook tables, shared weight storage
     finished: list[tuple[str, tuple[int, ...]]] = []
 
     def hook(name):

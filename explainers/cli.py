@@ -125,7 +125,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     for m in METHODS.values():
         opts = ", ".join(f"{o.name}={o.default!r}" for o in m.options)
-        print(f"{m.id:24s} {m.family:9s} {m.name}  [{', '.join(sorted(m.model_families))}]  {opts}")
+        print(f"{m.id:24s} {m.family:9s} {m.name}  [needs: {m.requirement.needs}]  {opts}")
     return 0
 
 
@@ -134,7 +134,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .models import load_model
 
     bundle = load_model(args.model, device=args.device, weights=args.weights)
-    methods = bench.expand_methods([m.strip() for m in args.methods.split(",") if m.strip()], bundle.family)
+    methods = bench.expand_methods([m.strip() for m in args.methods.split(",") if m.strip()], bundle)
     for batch in args.batch:
         print(bench.speed_with_reference(bundle, methods, repeat=args.repeat, batch=batch))  # + zennit for LRP
         print()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .capabilities import capabilities_of
 from .guard import model_guard
 from .layers import default_cam_layer, named_layer
 from .models import ModelBundle
@@ -51,7 +52,7 @@ def layer_channels(bundle: ModelBundle, layer: str) -> int:
         finally:
             handle.remove()
     shape = shapes[0]
-    return int(shape[-1] if bundle.family == "vit" else shape[1])
+    return int(shape[-1] if capabilities_of(bundle).tokens else shape[1])
 
 
 def estimate_seconds(bundle: ModelBundle, method: str, options: dict[str, Any] | None = None,

@@ -309,7 +309,7 @@ def inputs(bundle, batch: int, size: int | None) -> torch.Tensor:
 def methods_for_model(bundle, wanted: Sequence[str] | None) -> list[str]:
     from .registry import METHODS
 
-    return [m for m, spec in METHODS.items() if spec.supports(bundle.family) and (wanted is None or m in wanted)]
+    return [m for m, spec in METHODS.items() if spec.supports(bundle) and (wanted is None or m in wanted)]
 
 
 def _conservation(results) -> float | None:
@@ -414,7 +414,7 @@ def check_throughput(cpu_bundle, dev_bundle, cfg: Config, report: Report, deadli
 
     device = dev_bundle.device
     wanted = [m for m in cfg.throughput_methods
-              if m in ("forward", "insdel") or (m in METHODS and METHODS[m].supports(dev_bundle.family))]
+              if m in ("forward", "insdel") or (m in METHODS and METHODS[m].supports(dev_bundle))]
     forward_ips: dict[int, float] = {}
 
     def measure(method: str, batch: int, largest: bool = False, repeat: int | None = None) -> float | None:

@@ -21,22 +21,43 @@ def named_layer(model: nn.Module, name: str) -> nn.Module:
 def default_cam_layer(bundle: ModelBundle) -> str:
     """The usual Grad-CAM layer: the last convolutional stage's output.
 
+    Zoo families keep their well-known layers (below); any other model (a timm/torchvision name, a user factory)
+    gets the last module that finishes with a spatial map, read from its graph (:mod:`explainers.capabilities`).
+
     resnet: ``layer4`` (7x7); vgg: the last ReLU of ``features`` (14x14, before the
     final max-pool); efficientnet: ``bn2`` (timm's BatchNormAct2d, i.e. the ReLU6
     output of the 1x1 head conv, 7x7); vit: the last block's ``norm1`` (tokens
     reshaped to the 14x14 patch grid).
     """
     model = bundle.model
+    modules = dict(model.named_modules())
+    known = _family_layer(bundle)
+    if known is not None and known in modules:
+        return known
+    from .capabilities import capabilities_of
+
+    caps = capabilities_of(bundle)  # any other model: the last module with a spatial output
+    if caps.cam_layer is not None:
+        return caps.cam_layer
+    if caps.tokens and hasattr(model, "blocks"):
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    raise InvalidOption(f"{bundle.label} has no spatial feature map for a CAM (no module outputs [B, C, H, W] "
+                        "with H, W > 1); name a layer, or use a gradient method.")
+
+
+def _family_layer(bundle: ModelBundle) -> str | None:
+    """The well-known layer of a zoo family, when the model is built the way that family is."""
+    model = bundle.model
     if bundle.family == "resnet":
         return "layer4"
-    if bundle.family == "vgg":
-        last = [n for n, m in model.features.named_children() if isinstance(m, nn.ReLU)][-1]
-        return f"features.{last}"
+    if bundle.family == "vgg" and hasattr(model, "features"):
+        relus = [n for n, m in model.features.named_children() if isinstance(m, nn.ReLU)]
+        return f"features.{relus[-1]}" if relus else None
     if bundle.family == "efficientnet":
         return "bn2"
-    if bundle.family == "vit":
+    if bundle.family == "vit" and hasattr(model, "blocks"):
         return f"blocks.{len(model.blocks) - 1}.norm1"
-    raise InvalidOption(f"No default layer for model family {bundle.family!r}; name one.")
+    return None
 
 
 def vit_reshape_transform(bundle: ModelBundle):

@@ -166,8 +166,8 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
     metrics = parse_metrics(list(metrics))
     for m in methods:
         spec = get_method(m)
-        if not spec.supports(bundle.family):
-            raise ExplainerError(f"{spec.name} does not support {bundle.family} models.")
+        if not spec.supports(bundle):
+            raise ExplainerError(spec.why_unsupported(bundle))
     rows: list[Row] = []
     total = len(images) * len(methods)
     done = 0

@@ -1,8 +1,11 @@
 """The method registry and :func:`explain`, the one entry point every caller uses.
 
-A method is a :class:`MethodSpec` (display name, family, typed options, the
-model families it supports) around a function that maps a batch of images and
-targets to a batch of maps.  Adding a method is one small module in
+A method is a :class:`MethodSpec` (display name, family, typed options, what it
+needs from a model's graph) around a function that maps a batch of images and
+targets to a batch of maps.  Which models a method supports is decided by
+:mod:`explainers.capabilities` from the traced graph and the modules (residual
+adds, attention, a spatial map, traceability), never by a model family name:
+families are display labels only.  Adding a method is one small module in
 ``explainers/methods/`` that calls :func:`register`; the app builds its option
 widgets from the spec, so no page changes.
 """
@@ -16,13 +19,13 @@ from typing import Any
 
 import torch
 
+from .capabilities import ANY, CONV_PROPAGATION, SPATIAL, Requirement, capabilities_of
 from .classes import resolve_target
 from .errors import InvalidOption, NonFiniteAttribution, UnknownClass, UnknownMethod, UnsupportedModel
 from .models import ModelBundle
 
-ALL_FAMILIES = frozenset({"efficientnet", "resnet", "vgg", "vit"})
-CNN_FAMILIES = frozenset({"efficientnet", "resnet", "vgg"})
-VIT_FAMILIES = frozenset({"vit"})  # Vision Transformers (timm ViT)
+# What a method needs when its spec does not say: by method family.
+_DEFAULT_NEEDS = {"cam": SPATIAL, "gradient": ANY, "lrp": CONV_PROPAGATION, "srd": CONV_PROPAGATION}
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class MethodSpec:
     family: str  # 'cam' | 'gradient' | 'lrp' | 'srd'
     fn: MethodFn
     options: tuple[Option, ...] = ()
-    model_families: frozenset[str] = ALL_FAMILIES
+    needs: Requirement | None = None  # what the model must offer; None: the default of the method family
     description: str = ""
     signed: bool = False  # maps carry meaningful negative values
     normalized: bool = False  # the library returns maps already scaled to [0, 1]
@@ -127,8 +130,20 @@ class MethodSpec:
         _, shown = self.split_options(self.resolve_options(opts))
         return self.postprocess(attribution, shown) if self.postprocess else attribution
 
-    def supports(self, family: str) -> bool:
-        return family in self.model_families
+    @property
+    def requirement(self) -> Requirement:
+        return self.needs or _DEFAULT_NEEDS.get(self.family, ANY)
+
+    def supports(self, bundle: ModelBundle) -> bool:
+        """Whether this method runs on ``bundle``'s model, from what its graph contains."""
+        return self.requirement.met(capabilities_of(bundle))
+
+    def why_unsupported(self, bundle: ModelBundle) -> str:
+        """One sentence: why this method does not run on ``bundle`` (empty when it does)."""
+        caps = capabilities_of(bundle)
+        if self.requirement.met(caps):
+            return ""
+        return f"{self.name} {self.requirement.why_not(caps)}; {bundle.label} does not offer it."
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -147,8 +162,9 @@ def get_method(method: str) -> MethodSpec:
     return METHODS[method]
 
 
-def methods_for(family: str) -> list[MethodSpec]:
-    return [m for m in METHODS.values() if m.supports(family)]
+def methods_for(bundle: ModelBundle) -> list[MethodSpec]:
+    """The registered methods that run on ``bundle``'s model."""
+    return [m for m in METHODS.values() if m.supports(bundle)]
 
 
 @dataclass
@@ -168,12 +184,8 @@ class Explanation:
     layers: list[tuple[str, float]] = field(default_factory=list)
     trace: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    target_name: str = ""  # the target's name in the model's own labels
 
-    @property
-    def target_name(self) -> str:
-        from .classes import imagenet_class_names
-
-        return imagenet_class_names()[self.target]
 
 
 def _requested_targets(bundle: ModelBundle, n: int,
@@ -197,11 +209,8 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
     or a sequence.  A single image with a sequence of T targets is repeated T times.
     """
     spec = get_method(method)
-    if not spec.supports(bundle.family):
-        raise UnsupportedModel(
-            f"{spec.name} does not support {bundle.family} models such as {bundle.name}; "
-            f"it works on: {', '.join(sorted(spec.model_families))}."
-        )
+    if not spec.supports(bundle):
+        raise UnsupportedModel(spec.why_unsupported(bundle))
     opts = spec.resolve_options(options)
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -239,6 +248,7 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
             native_resolution=out.native_resolution,
             layers=out.layers[i] if out.layers else [], trace=out.trace[i] if out.trace else None,
             extras={k: (v[i] if isinstance(v, list) and len(v) == x.shape[0] else v) for k, v in out.extras.items()},
+            target_name=bundle.class_names[t] if 0 <= t < len(bundle.class_names) else str(t),
         ))
     return results
 

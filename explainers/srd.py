@@ -57,18 +57,19 @@ from .propagation.srd import (
 
 Tensor = torch.Tensor
 
-SRD_FAMILIES = frozenset({"efficientnet", "resnet", "vgg"})
 RESOLUTIONS = ("input", "high", "low")
 CACHE_ENV = "RELEVANCE_EXPLORER_CACHE"
 
 
 def check_supported(bundle: ModelBundle) -> None:
     """SRD decomposes pointwise feature vectors on a convolutional grid; transformers have none."""
-    if bundle.family not in SRD_FAMILIES:
+    from .capabilities import CONV_PROPAGATION, capabilities_of
+
+    caps = capabilities_of(bundle)
+    if not CONV_PROPAGATION.met(caps):
         raise UnsupportedModel(
-            f"SRD works on convolutional networks ({', '.join(sorted(SRD_FAMILIES))}); {bundle.name} is a "
-            f"{bundle.family} model, whose tokens are not a spatial grid of pointwise feature vectors joined by "
-            "convolutions. Pick a CNN, or use absLRP / Grad-CAM for this model.")
+            f"SRD {CONV_PROPAGATION.why_not(caps)}: it decomposes pointwise feature vectors on a convolutional "
+            f"grid, which {bundle.label} does not offer. Pick a CNN, or use absLRP / Grad-CAM for this model.")
 
 
 # --------------------------------------------------------------------------- layers

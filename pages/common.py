@@ -113,18 +113,20 @@ def method_picker(bundle: explainers.ModelBundle, key: str,
     """
     from explainers import METHODS, methods_for
 
-    ids = [m.id for m in methods_for(bundle.family)]
+    ids = [m.id for m in methods_for(bundle)]
     if key in st.session_state:
         dropped = [m for m in st.session_state[key] if m not in ids]
         st.session_state[key] = [m for m in st.session_state[key] if m in ids]
         if dropped:
-            st.info(f"Not available for {bundle.family} models, so removed: "
+            st.info(f"Not available for {bundle.label}, so removed: "
                     f"{', '.join(METHODS[m].name for m in dropped)}.", icon=":material/info:")
     chosen = st.multiselect("Methods", ids, default=None if key in st.session_state else
                             [m for m in default if m in ids], key=key, format_func=lambda m: METHODS[m].name)
-    unsupported = [m.name for m in METHODS.values() if m.id not in ids]
+    unsupported = [m for m in METHODS.values() if m.id not in ids]
     if unsupported:
-        st.caption(f"Not available for {bundle.family} models: {', '.join(unsupported)}.")
+        with st.expander(f"Not available for {bundle.label}: {len(unsupported)} methods"):
+            for m in unsupported:
+                st.caption(m.why_unsupported(bundle))
     options: dict[str, dict[str, Any]] = {}
     if chosen:
         with st.expander("Method options", expanded=False):

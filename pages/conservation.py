@@ -29,7 +29,7 @@ st.caption("Relevance propagation should neither create nor lose relevance: the 
            "relevance placed at the output.")
 common.untrained_warning(bundle, "These totals describe")
 
-ids = [m.id for m in methods_for(bundle.family) if m.family == "lrp"]
+ids = [m.id for m in methods_for(bundle) if m.family == "lrp"]
 if not ids:
     st.info(f"No propagation method supports {bundle.family} models yet.")
     st.stop()

@@ -48,7 +48,7 @@ def run_triage(key: tuple, images: list[tuple[str, bytes]], method: str, options
     return cache[key]
 
 
-methods = [m.id for m in methods_for(bundle.family)]
+methods = [m.id for m in methods_for(bundle)]
 c1, c2 = st.columns([1, 2])
 method = c1.selectbox("Method", methods, key="fr_method", format_func=lambda m: METHODS[m].name,
                       index=methods.index("resnet-lrp") if "resnet-lrp" in methods else 0)  # the paper's method

@@ -61,11 +61,12 @@ def test_switching_to_a_model_a_method_does_not_support():
     import torch
 
     from explainers import METHODS, MethodSpec
+    from explainers.capabilities import Requirement
     from explainers.registry import MethodOutput, register
 
     register(MethodSpec(id="test-vit-only", name="ViT-only test method", family="test",
                         fn=lambda b, x, t, o: MethodOutput(attribution=torch.rand(x.shape[0], 224, 224)),
-                        model_families=frozenset({"vit"})))
+                        needs=Requirement("tokens", lambda c: c.tokens, "patch tokens")))
     try:
         at = AppTest.from_file(APP, default_timeout=300)
         at.session_state["model"] = "vit_tiny_patch16_224"

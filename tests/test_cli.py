@@ -81,20 +81,21 @@ def test_models_listing(capsys):
     assert {r["name"] for r in rows} >= {"resnet50", "vgg16_bn", "vit_base_patch16_224"}
 
 
-def test_bench_speed_family_selectors_expand_to_supported_methods():
+def test_bench_speed_family_selectors_expand_to_supported_methods(lite0, untrained):
     from explainers.bench import expand_methods
     from explainers.registry import METHODS
 
-    cams = expand_methods(["cam"], "efficientnet")
+    resnet, vgg, vit = (untrained(n) for n in ("resnet18", "vgg16", "vit_tiny_patch16_224"))
+    cams = expand_methods(["cam"], lite0)
     assert cams and all(METHODS[m].family == "cam" for m in cams)
     assert {"gradcam", "scorecam", "ablationcam", "fullgrad"} <= set(cams)
     # DeepLift is not offered on ResNets, so the gradient family there leaves it out
-    assert "deeplift" in expand_methods(["gradient"], "efficientnet")
-    assert "deeplift" not in expand_methods(["gradient"], "resnet")
+    assert "deeplift" in expand_methods(["gradient"], lite0)
+    assert "deeplift" not in expand_methods(["gradient"], resnet)
     # ids and inline options stay as given, in order, without duplicates
-    assert expand_methods(["scorecam@top_k=32", "gradcam", "cam"], "vgg")[:2] == ["scorecam@top_k=32", "gradcam"]
-    assert len(set(expand_methods(["gradcam", "cam"], "vgg"))) == len(expand_methods(["gradcam", "cam"], "vgg"))
-    assert set(expand_methods(["all"], "vit")) == {m for m, s in METHODS.items() if s.supports("vit")}
+    assert expand_methods(["scorecam@top_k=32", "gradcam", "cam"], vgg)[:2] == ["scorecam@top_k=32", "gradcam"]
+    assert len(set(expand_methods(["gradcam", "cam"], vgg))) == len(expand_methods(["gradcam", "cam"], vgg))
+    assert set(expand_methods(["all"], vit)) == {m for m, s in METHODS.items() if s.supports(vit)}
 
 
 def test_bench_speed_prints_a_table(capsys):

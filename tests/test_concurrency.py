@@ -34,7 +34,7 @@ def _state(model: torch.nn.Module):
 @pytest.mark.slow
 def test_eight_threads_every_method_equal_solo_runs_and_leave_the_model_clean():
     shared = load_model("resnet18", device="cpu", weights="untrained", seed=0)
-    methods = [m.id for m in METHODS.values() if m.supports(shared.family)]
+    methods = [m.id for m in METHODS.values() if m.supports(shared)]
     x = _image()
     before = _state(shared.model)
     results: dict[tuple[int, str], torch.Tensor] = {}

@@ -108,9 +108,10 @@ def test_pixel_methods_run_on_vit(untrained, gallery_x, method):
     assert res.attribution.shape == (224, 224) and torch.isfinite(res.attribution).all()
 
 
-def test_deeplift_is_not_offered_for_resnets():
-    """captum's DeepLift raises on torchvision ResNets (a ReLU module used twice per block)."""
-    assert not METHODS["deeplift"].supports("resnet") and METHODS["deeplift"].supports("efficientnet")
+def test_deeplift_is_not_offered_for_resnets(untrained, lite0):
+    """captum's DeepLift raises on torchvision ResNets (a ReLU module used twice per block): the graph shows it."""
+    assert not METHODS["deeplift"].supports(untrained("resnet18")) and METHODS["deeplift"].supports(lite0)
+    assert "its own module" in METHODS["deeplift"].why_unsupported(untrained("resnet18"))
 
 
 # ------------------------------------------------------------------ EfficientNet-Lite's ReLU6 (library view)

@@ -192,3 +192,80 @@ def test_project_file(tmp_path, lite0_200, user_module):
     broken('[model.b]\nsource = "x"\n', "unknown table 'model'")
     broken('[models.b]\nsource = 3\n', "'source' must be str, not int")
     broken('[models.b\n', "not valid TOML")
+
+
+# --------------------------------------------------------------------------- methods on models of your own
+
+USER_METHODS = ("resnet-lrp", "srd", "abslrp", "gradcam", "integrated-gradients")
+
+
+def test_every_method_kind_runs_on_a_user_cnn_and_lrp_conserves(user_module, tmp_path):
+    """Support comes from the graph (a traceable CNN with residual adds), not from a family name."""
+    from explainers import METHODS, explain, methods_for
+    from explainers.capabilities import capabilities_of
+
+    labels = tmp_path / "three.txt"
+    labels.write_text("apple\nbanana\ncherry\n")
+    bundle = load_source(user_module, device="cpu", weights="untrained", labels=str(labels))
+    caps = capabilities_of(bundle)
+    assert caps.propagation and caps.residual and caps.cam_layer == "block2"
+    offered = {m.id for m in methods_for(bundle)}
+    assert set(USER_METHODS) <= offered
+    assert "deeplift" not in offered  # the user's blocks reuse one ReLU module, as torchvision's do
+    from explainers.images import GALLERY
+
+    x = bundle.preprocess(GALLERY["chelsea"].image())
+    for method in USER_METHODS:
+        res = explain(bundle, x, method)
+        assert res.attribution.shape == x.shape[-2:] and torch.isfinite(res.attribution).all(), method
+        assert res.target_name in bundle.class_names
+    # LRP (z+ everywhere, identity skips included) carries the whole probability to the input: float32 sums
+    res = explain(bundle, x, "resnet-lrp", start="probability")
+    assert abs(float(res.attribution.sum()) - res.score) < 1e-5 * res.score
+    assert METHODS["resnet-lrp"].supports(bundle)
+
+
+def test_checkpoint_model_with_its_own_head_runs_every_kind(lite0_200, gallery_x):
+    from explainers import explain
+
+    ckpt, labels = lite0_200
+    bundle = load_source("timm:efficientnet_lite0", device="cpu", weights=str(ckpt), labels=str(labels))
+    for method in USER_METHODS:
+        res = explain(bundle, gallery_x["chelsea"], method)
+        assert torch.isfinite(res.attribution).all(), method
+        assert res.target_name.startswith("bird species "), method
+
+
+def test_an_untraceable_model_names_the_operation_and_keeps_cams_and_gradients(tmp_path, monkeypatch):
+    (tmp_path / "wild.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+        class Wild(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+                self.fc = nn.Linear(4, 2)
+
+            def forward(self, x):
+                h = self.conv(x)
+                if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                    h = h.relu()
+                return self.fc(h.mean((2, 3)))
+
+        def build():
+            torch.manual_seed(0)
+            return Wild()
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from explainers import UnsupportedModel, explain, methods_for
+
+    bundle = load_source("wild:build", device="cpu", weights="untrained")
+    offered = {m.id for m in methods_for(bundle)}
+    assert {"gradcam", "integrated-gradients", "saliency"} <= offered
+    assert not offered & {"lrp", "resnet-lrp", "abslrp", "srd"}
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.isfinite(explain(bundle, x, "gradcam").attribution).all()
+    with pytest.raises(UnsupportedModel, match="cannot be traced") as err:
+        explain(bundle, x, "resnet-lrp")
+    assert "\n" not in str(err.value)

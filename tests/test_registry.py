@@ -18,6 +18,7 @@ from explainers import (
     explain,
     explain_batch,
 )
+from explainers.capabilities import Requirement
 from explainers.guard import count_hooks
 from explainers.registry import MethodOutput, register
 
@@ -126,9 +127,9 @@ def test_unsupported_model_and_non_finite_maps(lite0, gallery_x, temp_method):
         return MethodOutput(attribution=torch.full((x.shape[0], 4, 4), float("nan")))
 
     temp_method(MethodSpec(id="test-vit-only", name="ViT only", family="test", fn=nan_map,
-                           model_families=frozenset({"vit"})))
+                           needs=Requirement("tokens", lambda c: c.tokens, "patch tokens")))
     temp_method(MethodSpec(id="test-nan", name="NaN maker", family="test", fn=nan_map))
-    with pytest.raises(UnsupportedModel, match="does not support efficientnet"):
+    with pytest.raises(UnsupportedModel, match="ViT only needs patch tokens; efficientnet_lite0 does not offer it"):
         explain(lite0, gallery_x["chelsea"], "test-vit-only")
     with pytest.raises(NonFiniteAttribution, match="16 NaN/Inf"):
         explain(lite0, gallery_x["chelsea"], "test-nan")

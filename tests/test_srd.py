@@ -281,9 +281,9 @@ def test_neighbour_crop_is_weighted_by_its_erf(lite0):
 # --------------------------------------------------------------------------- the method
 
 
-def test_srd_method_resolutions_and_batching(lite0, gallery_x):
+def test_srd_method_resolutions_and_batching(lite0, gallery_x, untrained):
     spec = METHODS["srd"]
-    assert spec.family == "srd" and not spec.supports("vit") and spec.supports("efficientnet")
+    assert spec.family == "srd" and not spec.supports(untrained("vit_tiny_patch16_224")) and spec.supports(lite0)
     x = gallery_x["chelsea"]
     low = explain(lite0, x, "srd", resolution="low")
     assert low.native_resolution == (7, 7) and low.attribution.shape == (224, 224)

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from ..capabilities import CONV_MAP, capabilities_of
 from ..guard import model_guard
 from ..layers import default_cam_layer, named_layer, vit_reshape_transform
 from ..models import ModelBundle
-from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
+from ..registry import MethodOutput, MethodSpec, Option, register
 
 LAYER_OPTION = Option("layer", "str", "", help="Target layer by name (empty: the model family's default: "
                       "last conv stage for CNNs, last block's norm1 for ViTs).")
@@ -44,7 +45,7 @@ def run_cam(cam_class, bundle: ModelBundle, x: torch.Tensor, targets: torch.Tens
     layer_name = opts.get("layer") or default_cam_layer(bundle)
     with model_guard(bundle, view_key=f"cam:{cam_class.__name__}") as model:
         layer = named_layer(model, layer_name)
-        reshape = vit_reshape_transform(bundle) if bundle.family == "vit" else None
+        reshape = vit_reshape_transform(bundle) if capabilities_of(bundle).tokens else None
         cam = cam_class(model=model, target_layers=[layer], reshape_transform=reshape, **cam_kwargs)
         if configure is not None:
             configure(cam)
@@ -68,7 +69,7 @@ def _gradcam(bundle, x, targets, opts):
 
 register(MethodSpec(
     id="gradcam", name="Grad-CAM", family="cam", fn=_gradcam,
-    options=(LAYER_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES, normalized=True,
+    options=(LAYER_OPTION, *SMOOTH_OPTIONS), normalized=True,
     description="Gradient-weighted class activation map (Selvaraju et al. 2017) via pytorch-grad-cam.",
 ))
 
@@ -104,7 +105,7 @@ for _id, _cls, _name, _desc, _layer_opt in (
      "2020) via pytorch-grad-cam; faithful to the model's computation.", LAYER_OPTION),
 ):
     register(MethodSpec(id=_id, name=_name, family="cam", fn=_simple(_cls), options=(_layer_opt, *SMOOTH_OPTIONS),
-                        model_families=ALL_FAMILIES, normalized=True, description=_desc))
+                        normalized=True, description=_desc))
 
 
 # --------------------------------------------------------------------------- EigenCAM (class-agnostic)
@@ -118,7 +119,7 @@ def _eigencam(bundle, x, targets, opts):
 
 register(MethodSpec(
     id="eigencam", name="EigenCAM", family="cam", fn=_eigencam, options=(LAYER_OPTION, SMOOTH_OPTIONS[0]),
-    model_families=ALL_FAMILIES, normalized=True,
+    normalized=True,
     description="First principal component of the layer's activations (Muhammad & Yeasin 2020) via "
                 "pytorch-grad-cam. Class-agnostic: the same map for every target class.",
 ))
@@ -180,7 +181,7 @@ def _fullgrad(bundle, x, targets, opts):
 
 register(MethodSpec(
     id="fullgrad", name="FullGrad", family="cam", fn=_fullgrad, options=(SMOOTH_OPTIONS[0],),
-    model_families=CNN_FAMILIES, normalized=True,
+    needs=CONV_MAP, normalized=True,
     description="Full-gradient representation: input-gradient x input plus bias-gradients of every conv/BN layer "
                 "(Srinivas & Fleuret 2019) via pytorch-grad-cam. CNNs only (needs 2-D biases).",
 ))
@@ -340,7 +341,7 @@ def _ablation_classes():
 
 def _ablationcam(bundle, x, targets, opts):
     cam_cls, layer_cls, vit_layer_cls = _ablation_classes()
-    layer = (vit_layer_cls if bundle.family == "vit" else layer_cls)()
+    layer = (vit_layer_cls if capabilities_of(bundle).tokens else layer_cls)()
     layer.top_k = resolve_top_k(opts["top_k"], bundle.device)
     out = run_cam(cam_cls, bundle, x, targets, opts, ablation_layer=layer, batch_size=opts["batch_size"])
     out.extras["top_k"] = layer.top_k if layer.top_k is not None else "all"
@@ -352,14 +353,14 @@ SLOW_NOTE = (" Slow on a CPU: one forward pass per channel (1280 at Lite0's and 
 
 register(MethodSpec(
     id="scorecam", name="Score-CAM", family="cam", fn=_scorecam,
-    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES,
+    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS),
     normalized=True,
     description="Channel weights from the target score of the input masked by each upsampled activation "
                 "(Wang et al. 2020) via pytorch-grad-cam." + SLOW_NOTE,
 ))
 register(MethodSpec(
     id="ablationcam", name="Ablation-CAM", family="cam", fn=_ablationcam,
-    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS), model_families=ALL_FAMILIES,
+    options=(LAYER_OPTION, TOP_K_OPTION, BATCH_OPTION, *SMOOTH_OPTIONS),
     normalized=True,
     description="Channel weights from the score drop when each channel is zeroed (Desai & Ramaswamy 2020) via "
                 "pytorch-grad-cam." + SLOW_NOTE,
@@ -408,7 +409,7 @@ def _guided_gradcam(bundle, x, targets, opts):
 
 register(MethodSpec(
     id="guided-gradcam", name="Guided Grad-CAM", family="cam", fn=_guided_gradcam,
-    options=(LAYER_OPTION, *SMOOTH_OPTIONS), model_families=CNN_FAMILIES, signed=True,
+    options=(LAYER_OPTION, *SMOOTH_OPTIONS), needs=CONV_MAP, signed=True,
     description="Guided backpropagation multiplied by the upsampled Grad-CAM (Selvaraju et al. 2017) via "
                 "pytorch-grad-cam; channel-summed, signed. CNNs only; EfficientNet-Lite's ReLU6 "
                 "layers are guided as ReLU then clamp at 6.",

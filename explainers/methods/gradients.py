@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from ..capabilities import CONV_MAP, DISTINCT_ACTIVATIONS
 from ..guard import model_guard
 from ..models import ModelBundle
-from ..registry import ALL_FAMILIES, CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
+from ..registry import MethodOutput, MethodSpec, Option, register
 
 BASELINE_OPTION = Option("baseline", "choice", "black", choices=("black", "blurred"),
                          help="Reference image: black (all-zero pixels) or a Gaussian-blurred copy of the input.")
@@ -116,12 +117,12 @@ def _deeplift(bundle, x, targets, opts):
 
 
 register(MethodSpec(
-    id="saliency", name="Saliency", family="gradient", fn=_saliency, model_families=ALL_FAMILIES,
+    id="saliency", name="Saliency", family="gradient", fn=_saliency,
     description="Absolute input gradient of the target logit (Simonyan et al. 2014) via captum; unsigned.",
 ))
 register(MethodSpec(
     id="input-x-gradient", name="Input x Gradient", family="gradient", fn=_input_x_gradient,
-    model_families=ALL_FAMILIES, signed=True,
+    signed=True,
     description="Input times its gradient (Shrikumar et al. 2016) via captum; signed.",
 ))
 register(MethodSpec(
@@ -130,7 +131,7 @@ register(MethodSpec(
              BASELINE_OPTION,
              Option("internal_batch_size", "int", 16, min=1, max=1024, step=8,
                     help="Interpolated images per forward pass (memory vs speed).")),
-    model_families=ALL_FAMILIES, signed=True,
+    signed=True,
     description="Path integral of gradients from a baseline (Sundararajan et al. 2017) via captum; signed.",
 ))
 register(MethodSpec(
@@ -141,19 +142,19 @@ register(MethodSpec(
              Option("batch_size", "int", 25, min=1, max=500, step=5,
                     help="Noisy copies of one image per forward pass."),
              Option("seed", "int", 0, min=0, max=2**31 - 1, help="Noise seed (maps are reproducible).")),
-    model_families=ALL_FAMILIES, signed=True,
+    signed=True,
     description="Input gradient averaged over noisy copies (Smilkov et al. 2017) via captum's Saliency; noise level "
                 "and seeded noise per image; signed.",
 ))
 register(MethodSpec(
     id="guided-backprop", name="Guided Backprop", family="gradient", fn=_guided_backprop,
-    model_families=CNN_FAMILIES, signed=True,
+    needs=CONV_MAP, signed=True,
     description="Gradient with only positive signals through ReLUs (Springenberg et al. 2015) via captum; signed. "
                 "EfficientNet-Lite's ReLU6 is guided as ReLU then clamp at 6 (captum guides nn.ReLU only).",
 ))
 register(MethodSpec(
     id="deeplift", name="DeepLift", family="gradient", fn=_deeplift, options=(BASELINE_OPTION,),
-    model_families=frozenset({"efficientnet", "vgg"}), signed=True,
+    needs=DISTINCT_ACTIVATIONS, signed=True,
     description="Rescale-rule difference-from-reference attribution (Shrikumar et al. 2017) via captum; signed. "
                 "EfficientNet and VGG only: captum's DeepLift needs each nonlinearity as its own module, and "
                 "torchvision ResNets reuse one ReLU module per block (captum raises on them). EfficientNet-Lite's "

@@ -17,7 +17,7 @@ import torch
 from ..guard import model_guard
 from ..models import ModelBundle
 from ..propagation import COMPOSITES, INPUT_RULES, RESIDUAL_RULES, LRPRules, make_composite, propagate
-from ..registry import CNN_FAMILIES, MethodOutput, MethodSpec, Option, register
+from ..registry import MethodOutput, MethodSpec, Option, register
 from ..render import postprocess
 
 
@@ -76,7 +76,7 @@ def _options(rule: str, bn: str, residual: str, include_identity: bool, start: s
 register(MethodSpec(
     id="lrp", name="LRP", family="lrp", fn=_run,
     options=_options("epsilon-plus-flat", "merge", "proportional", True, "logit", "winner", 0),
-    model_families=CNN_FAMILIES, signed=True, postprocess=postprocess, own_forward=True,
+    signed=True, postprocess=postprocess, own_forward=True,
     description="Layer-wise Relevance Propagation with a composite of rules (Bach et al. 2015; "
                 "Montavon et al. 2019), on our propagation engine; defaults match zennit's EpsilonPlusFlat.",
 ))
@@ -85,7 +85,7 @@ register(MethodSpec(
     id="resnet-lrp", name="ResNet-LRP", family="lrp", fn=_run,
     options=_options("zplus", "pass", "ratio", True, "probability", "winner", 8),
     # z+ maps are non-negative (every contribution is), so the preset renders with a sequential colormap.
-    model_families=CNN_FAMILIES, signed=False, postprocess=postprocess, own_forward=True,
+    signed=False, postprocess=postprocess, own_forward=True,
     description="LRP for ResNet (Otsuki et al. 2024): z+ rule, Ratio-Based Relevance Splitting at skip "
                 "junctions, start at the predicted probability, Heat Quantization (8 bins).",
 ))

@@ -53,7 +53,7 @@ register(MethodSpec(
                help="How a conv's bias is shared among the PFVs of its receptive field: by their norms (paper "
                     "App. B Eq. 11) or by the norms of their weighted contributions (released code)."),
     ),
-    model_families=srd.SRD_FAMILIES, signed=True, own_forward=True,
+    signed=True, own_forward=True,
     description="Sharing Ratio Decomposition (Han et al., ICLR 2024): relevance shared between pointwise feature "
                 "vectors by their sharing ratios, from a Grad-CAM-like start at the encoder output down to any "
                 "layer or the pixels.",

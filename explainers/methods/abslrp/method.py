@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from ...capabilities import ABSLRP, capabilities_of
 from ...errors import InvalidOption, UnsupportedModel
 from ...guard import model_guard
 from ...models import ModelBundle
 from ...propagation import propagate
-from ...registry import CNN_FAMILIES, VIT_FAMILIES, MethodOutput, MethodSpec, register
+from ...registry import MethodOutput, MethodSpec, register
 from .options import OPTIONS
 from .released import ReleasedCodeRules
 from .rules import AbsLRPRules
@@ -44,7 +45,7 @@ def _unit_peak(r: torch.Tensor) -> torch.Tensor:
 def _rules(bundle: ModelBundle, opts: dict[str, Any]) -> AbsLRPRules | ReleasedCodeRules:
     if opts["preset"] == "paper":
         return AbsLRPRules(eps=float(opts["eps"]), contrast=opts["contrast"], renormalise=opts["renormalise"])
-    if bundle.family in VIT_FAMILIES:
+    if capabilities_of(bundle).tokens:
         raise UnsupportedModel("absLRP preset 'released-code' reproduces the authors' CNN code only; "
                                "use preset 'paper' for Vision Transformers.")
     if opts["renormalise"] != "sign":
@@ -86,7 +87,7 @@ def postprocess(attribution: torch.Tensor, display: dict[str, Any]) -> torch.Ten
 
 register(MethodSpec(
     id="abslrp", name="absLRP", family="lrp", fn=_run, options=OPTIONS,
-    model_families=CNN_FAMILIES | VIT_FAMILIES, signed=True, postprocess=postprocess, own_forward=True,
+    needs=ABSLRP, signed=True, postprocess=postprocess, own_forward=True,
     description="Relative Absolute Magnitude LRP (Vukadin et al. 2024): positive contributions over the absolute "
                 "pre-activation (Eq. 12), contrastive start; CNNs and Vision Transformers, pixel-level maps. "
                 "preset=released-code reproduces the authors' code.",
