@@ -71,10 +71,11 @@ def _analyse(model: nn.Module, input_size: int, name: str) -> Capabilities:
                     for m in model.modules())
     residual, propagation, reason, distinct = False, True, None, False
     try:
-        device = next(model.parameters()).device
+        first = next(model.parameters())
+        device, dtype = first.device, first.dtype
     except StopIteration:
-        device = torch.device("cpu")
-    example = torch.zeros(1, 3, input_size, input_size, device=device)
+        device, dtype = torch.device("cpu"), torch.float32
+    example = torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype)
     try:
         graph = build_graph(model, name or type(model).__name__, example=example)
         residual = bool(graph.residuals)

@@ -100,6 +100,23 @@ class Dataset:
                     failures.append((s.name, f"{s.name} could not be read ({type(exc).__name__})."))
             yield Batch(ok, images, failures)
 
+    def read(self, samples: Sequence[Sample] | None = None) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+        """The raw bytes of ``samples`` (default: all) as ``(name, bytes)``, without decoding; files that cannot be
+        read are returned as ``(name, reason)`` and skipped."""
+        out, failures = [], []
+        for s in (self.samples if samples is None else samples):
+            try:
+                out.append((s.name, s.path.read_bytes()))
+            except OSError as exc:
+                failures.append((s.name, f"{s.name} could not be read ({type(exc).__name__})."))
+        return out, failures
+
+    def label_of(self, name: str) -> str | None:
+        """The true label of the sample called ``name`` (its path relative to the root)."""
+        if not hasattr(self, "_labels"):
+            self._labels = {s.name: s.label for s in self.samples}
+        return self._labels.get(name)
+
     def targets(self, class_names: Sequence[str]) -> dict[str, int]:
         """True label -> model class index, for every label present; unknown labels are one error naming them."""
         lookup = _name_index(class_names)
@@ -242,3 +259,29 @@ def _manifest(path: Path, name: str, limit: int | None, sample: int | None, seed
         text = None if label is None or str(label).strip() in ("", "nan", "None") else str(label).strip()
         samples.append(Sample(full, text, full.relative_to(root).as_posix()))
     return _finish(name, root, "manifest", samples, limit, sample, seed, classes, False)
+
+
+def registered_datasets() -> list[str]:
+    """The dataset names of relevance-explorer.toml (empty without one)."""
+    from .config import load_config
+
+    return list(load_config().datasets)
+
+
+def open_registered(name: str) -> Dataset:
+    """List the dataset registered as ``name`` in relevance-explorer.toml."""
+    from .config import load_config
+
+    entry = load_config().datasets.get(name)
+    if entry is None:
+        known = ", ".join(registered_datasets()) or "none"
+        raise InvalidDataset(f"No dataset {name!r} in relevance-explorer.toml (registered: {known}).")
+    return open_dataset(entry.path, name=name, limit=entry.limit, sample=entry.sample, seed=entry.seed,
+                        classes=entry.classes, layout=entry.layout)
+
+
+def resolve_dataset(source: str | Path) -> Dataset:
+    """A registered dataset name, or a folder / manifest path (trusted callers only: the CLI, never the browser)."""
+    if isinstance(source, str) and source in registered_datasets():
+        return open_registered(source)
+    return open_dataset(source)

@@ -62,11 +62,27 @@ class TriageItem:
     fractions: torch.Tensor = field(repr=False)
     insertion_curve: torch.Tensor = field(repr=False)
     deletion_curve: torch.Tensor = field(repr=False)
+    true_label: str | None = None  # from a labelled dataset (None: unknown)
+    true_target: int | None = None  # the true label's class index in the model's labels
+
+    @property
+    def correct(self) -> bool | None:
+        """Whether the explained (predicted) class is the true one; None without a true label."""
+        return None if self.true_target is None else self.target == self.true_target
+
+    @property
+    def kind(self) -> str:
+        """The two failures App. D separates: a wrong prediction, or a right one for the wrong reasons (low ID)."""
+        if self.correct is None:
+            return "failure" if self.failure else "ok"
+        if not self.correct:
+            return WRONG
+        return RIGHT_LOW_ID if self.failure else RIGHT
 
     def row(self) -> dict[str, Any]:
         """The scalar part, for tables and CSV export."""
         keys = ("name", "image_hash", "target", "target_name", "score", "insertion", "deletion", "id_score",
-                "attributed_area", "failure", "suggestion", "reason")
+                "attributed_area", "failure", "suggestion", "reason", "true_label", "correct", "kind")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -90,6 +106,38 @@ def suggest(id_score: float, area: float, settings: TriageSettings = TriageSetti
         return True, "OA", f"{pct} (> {settings.large_area:.0%}): the map covers too much."
     return True, "WA", (f"{pct}, an ordinary size, yet ID {id_score:.3f} is low: "
                         "relevance probably sits on the wrong region.")
+
+
+WRONG, RIGHT_LOW_ID, RIGHT = "wrong prediction", "right, low ID", "right"
+
+
+def with_truth(items: TriageItems, dataset: Any, class_names: Sequence[str]) -> TriageItems:
+    """Attach each item's true label from a labelled :class:`~explainers.datasets.Dataset` (matched by file
+    name), so the review shows correctness.  Unknown labels raise one :class:`InvalidDataset` naming them."""
+    targets = dataset.targets(class_names)
+    for it in items:
+        label = dataset.label_of(it.name)
+        it.true_label = label
+        it.true_target = targets.get(label) if label is not None else None
+    return items
+
+
+def table_d_by_class(items: Sequence[TriageItem], labels: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Table D per true class: counts of each label category (and of each failure kind) for the items shown.
+
+    ``labels``: stored labels (``.image_hash``, ``.target``, ``.label``) of one method."""
+    by_key = {(lab.image_hash, lab.target): lab.label for lab in labels}
+    out: dict[str, dict[str, int]] = {}
+    for it in items:
+        row = out.setdefault(it.true_label or "(unlabelled)",
+                             {"images": 0, WRONG: 0, RIGHT_LOW_ID: 0, "IA": 0, "OA": 0, "WA": 0, "none": 0})
+        row["images"] += 1
+        if it.kind in (WRONG, RIGHT_LOW_ID):
+            row[it.kind] += 1
+        label = by_key.get((it.image_hash, it.target))
+        if label is not None:
+            row[label] = row.get(label, 0) + 1
+    return dict(sorted(out.items()))
 
 
 class TriageItems(list):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -404,8 +405,12 @@ def _load_other(name: str, device: str | torch.device | None, weights: str, labe
     from .config import load_config
     from .model_sources import is_source_spec, load_source
 
-    entry = load_config().models.get(name)
+    config = load_config()
+    entry = config.models.get(name)
     if entry is not None:
+        if config.path is not None and str(config.path.parent) not in sys.path:
+            # a factory named in the project file may live next to it (trusted code, named by the file's owner)
+            sys.path.append(str(config.path.parent))
         chosen = str(entry.checkpoint) if (weights == "default" and entry.checkpoint) else weights
         return load_source(entry.source, device=device, weights=chosen,
                            labels=str(entry.labels) if entry.labels else None, num_classes=entry.num_classes,

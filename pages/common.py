@@ -36,6 +36,8 @@ class Context:
     display: Image.Image  # the resized + cropped image the model sees
     top5: list[tuple[int, str, float]]
     target: int  # class to explain
+    true_label: str | None = None  # when the image comes from a labelled dataset
+    dataset: str | None = None
 
 
 # --------------------------------------------------------------------------- caches
@@ -174,15 +176,22 @@ def sidebar() -> Context | None:
         devices = available_devices()
         device = st.selectbox("Device", devices, key="device", help="cuda when a GPU is present, else cpu")
 
+        from pages import sources
+
         rows = {r["name"]: r for r in model_table()}
-        names = list(MODEL_SPECS)
+        project = sources.project_models()  # relevance-explorer.toml's models, next to the zoo
+        rows.update({n: {"name": f"{n} (project)", "available": ckpt, "where": ""} for n, ckpt in project.items()})
+        names = list(MODEL_SPECS) + [n for n in project if n not in MODEL_SPECS]
         name = st.selectbox("Model", names, index=names.index(DEFAULT_MODEL), key="model",
                             format_func=lambda n: _model_label(rows[n]))
         row = rows[name]
         weights = "default"
-        if not row["available"] and MODEL_SPECS[name].source != "embedded":
-            st.warning(f"No trained weights for {name} on this machine (expected at `{row['where']}`; "
-                       "a download is tried when online).", icon=":material/warning:")
+        if not row["available"] and (name not in MODEL_SPECS or MODEL_SPECS[name].source != "embedded"):
+            if name in MODEL_SPECS:
+                st.warning(f"No trained weights for {name} on this machine (expected at `{row['where']}`; "
+                           "a download is tried when online).", icon=":material/warning:")
+            else:
+                st.warning(f"{name}: relevance-explorer.toml names no checkpoint for it.", icon=":material/warning:")
             choice = st.radio("Weights", ["try trained weights", UNTRAINED], key="weights_choice", index=1)
             weights = "untrained" if choice == UNTRAINED else "default"
         try:
@@ -195,8 +204,17 @@ def sidebar() -> Context | None:
         else:
             st.caption(f"Weights: {bundle.weights_source}")
 
-        source = st.radio("Image", ["Gallery", "Upload"], horizontal=True, key="image_source")
-        if source == "Upload":
+        kinds = ["Gallery", "Upload"] + (["Dataset"] if sources.dataset_names() or sources.server_paths_allowed()
+                                         else [])
+        source = st.radio("Image", kinds, horizontal=True, key="image_source")
+        true_label = dataset = None
+        if source == "Dataset":
+            picked = sources.dataset_image(bundle, f"{bundle.fingerprint}|{device}")
+            if picked is None:
+                return None
+            data, image_name, true_label, dataset = picked.data, picked.name, picked.true_label, picked.dataset
+            remember = False
+        elif source == "Upload":
             upload = st.file_uploader("Upload an image", type=None, key="upload",
                                       help="PNG, JPEG, WebP, BMP, TIFF or GIF; up to 50 megapixels")
             if upload is None:
@@ -218,14 +236,36 @@ def sidebar() -> Context | None:
 
         x = bundle.preprocess(image)
         top5 = bundle.topk(x, 5)
+        if true_label is not None:
+            _truth_caption(bundle, dataset, true_label, top5)
         target = _target_picker(bundle, top5)
         if target is None:
             return None
         display = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
         ctx = Context(bundle=bundle, model_key=f"{bundle.fingerprint}|{device}", image=image, image_name=image_name,
-                      image_hash=image_hash(data), x=x, display=display, top5=top5, target=target)
+                      image_hash=image_hash(data), x=x, display=display, top5=top5, target=target,
+                      true_label=true_label, dataset=dataset)
     st.session_state["ctx"] = ctx
     return ctx
+
+
+def _truth_caption(bundle: explainers.ModelBundle, dataset: str | None, true_label: str,
+                   top5: list[tuple[int, str, float]]) -> None:
+    """True label vs prediction, for an image of a labelled dataset."""
+    from explainers.datasets import open_registered
+
+    try:
+        truth = open_registered(dataset).targets(bundle.class_names).get(true_label) if dataset else None
+    except ExplainerError as exc:
+        st.warning(str(exc), icon=":material/warning:")
+        return
+    if truth is None:
+        st.caption(f"True class: **{true_label}**")
+    elif truth == top5[0][0]:
+        st.success(f"True class **{true_label}**: predicted correctly.", icon=":material/check:")
+    else:
+        st.error(f"True class **{true_label}**, predicted **{short_name(top5[0][1])}**: wrong.",
+                 icon=":material/close:")
 
 
 def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, float]]) -> int | None:
@@ -234,7 +274,7 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
         options = [i for i, _, _ in top5]
         probs = {i: p for i, _, p in top5}
         return st.radio("Explain", options, key="target_top5",
-                        format_func=lambda i: f"{short_name(bundle.class_names[i])} ({probs[i]:.1%})")
+                        format_func=lambda i: f"{short_name(bundle.class_names[i])} ({probs.get(i, 0.0):.1%})")
     query = st.text_input("Class name or index", key="target_query", placeholder="e.g. espresso or 967")
     if not query.strip():
         st.info("Type a class name or index.")

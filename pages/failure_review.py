@@ -11,12 +11,23 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainers import METHODS, ExplainerError, methods_for, render
-from explainers.failures import CATEGORIES, PAPER_THRESHOLD, TriageSettings, resuggest, table_d, triage
+from explainers.failures import (
+    CATEGORIES,
+    PAPER_THRESHOLD,
+    RIGHT_LOW_ID,
+    WRONG,
+    TriageSettings,
+    resuggest,
+    table_d,
+    table_d_by_class,
+    triage,
+    with_truth,
+)
 from explainers.images import load_image
 from explainers.progress import progress_callback
 from explainers.quality import quality_images
 from explainers.store import Store
-from pages import common
+from pages import common, sources
 
 LABEL_CHOICES = {"IA": "IA: Insufficiently Attended", "OA": "OA: Over-Attended", "WA": "WA: Wrongly Attended",
                  "none": "not a failure"}
@@ -52,7 +63,10 @@ methods = [m.id for m in methods_for(bundle)]
 c1, c2 = st.columns([1, 2])
 method = c1.selectbox("Method", methods, key="fr_method", format_func=lambda m: METHODS[m].name,
                       index=methods.index("resnet-lrp") if "resnet-lrp" in methods else 0)  # the paper's method
-source = c2.radio("Images", ["Gallery", "Uploads in this session", "Folder"], horizontal=True, key="fr_source")
+kinds = ["Gallery", "Uploads in this session", "Dataset"] + (["Folder"] if sources.server_paths_allowed() else [])
+source = c2.radio("Images", kinds, horizontal=True, key="fr_source",
+                  help="Dataset: a dataset registered in relevance-explorer.toml, with true labels. A folder on the "
+                       "server can be typed only when the app was started with --allow-server-paths.")
 with st.expander("Method options and thresholds"):
     options = common.option_widgets(METHODS[method], "fr")
     t1, t2, t3 = st.columns(3)
@@ -61,12 +75,25 @@ with st.expander("Method options and thresholds"):
     small = t2.slider("IA: attributed area below", 0.0, 1.0, 0.10, 0.01, key="fr_small")
     large = t3.slider("OA: attributed area above", 0.0, 1.0, 0.50, 0.01, key="fr_large")
 
+dataset = None
+unreadable: list[tuple[str, str]] = []
 try:
     if source == "Gallery":
         images = common.gallery_images()
     elif source == "Uploads in this session":
         images = list(common.session_uploads().values())
-    else:
+    elif source == "Dataset":
+        dataset = sources.choose_dataset("fr_dataset")
+        images = []
+        if dataset is not None and len(dataset):
+            d1, d2 = st.columns(2)
+            if dataset.labelled:
+                cls = d1.selectbox("True class", ["(all)", *dataset.classes], key="fr_ds_class")
+                dataset = dataset if cls == "(all)" else dataset.filter(cls)
+            count = int(d2.number_input(f"Images (first N of {len(dataset)})", 1, max(len(dataset), 1),
+                                        min(len(dataset), 24), key="fr_ds_count"))
+            images, unreadable = dataset.read(dataset.page(0, count))
+    else:  # only offered with --allow-server-paths
         folder = st.text_input("Folder with images", key="fr_folder", placeholder="/path/to/images")
         images = quality_images(Path(folder).expanduser(), limit=200) if folder.strip() else []
 except (ExplainerError, OSError) as exc:
@@ -86,12 +113,15 @@ if not clicked and key not in st.session_state.get("fr_cache", {}):
 compute, _ = METHODS[method].split_options(options)
 try:
     items = resuggest(run_triage(key, images, method, options, settings), settings)
+    if dataset is not None and dataset.labelled:
+        items = with_truth(items, dataset, bundle.class_names)
 except ExplainerError as exc:
     common.show_error(exc)
     st.stop()
-if items.skipped:
-    st.warning(f"Skipped {len(items.skipped)} file(s) that could not be decoded: "
-               + "; ".join(f"{name}: {why}" for name, why in items.skipped[:10]), icon=":material/warning:")
+skipped = unreadable + list(items.skipped)
+if skipped:
+    st.warning(f"Skipped {len(skipped)} file(s) that could not be decoded: "
+               + "; ".join(f"{name}: {why}" for name, why in skipped[:10]), icon=":material/warning:")
 if not items:
     st.info("None of these files could be decoded.")
     st.stop()
@@ -109,10 +139,34 @@ labels = {(lab.image_hash, lab.target): lab for lab in db.current_labels(model=m
 table = pd.DataFrame([{**it.row(), "label": labels.get((it.image_hash, it.target)).label
                        if (it.image_hash, it.target) in labels else ""} for it in items])
 n_fail = int(table["failure"].sum())
-st.subheader(f"{n_fail} of {len(items)} maps fail (ID <= {threshold:.3f})")
-st.dataframe(table[["name", "target_name", "id_score", "insertion", "deletion", "attributed_area", "failure",
-                    "suggestion", "label"]], hide_index=True, width="stretch",
+truth = dataset is not None and dataset.labelled
+if truth:
+    n_wrong = sum(it.kind == WRONG for it in items)
+    n_low = sum(it.kind == RIGHT_LOW_ID for it in items)
+    st.subheader(f"{n_wrong} wrong predictions, {n_low} right for the wrong reasons (ID <= {threshold:.3f}), "
+                 f"of {len(items)}")
+    f1, f2, f3 = st.columns(3)
+    show_kind = f1.selectbox("Show", ["all", WRONG, RIGHT_LOW_ID, "right"], key="fr_kind")
+    show_class = f2.selectbox("True class", ["(all)", *sorted({it.true_label or "" for it in items})],
+                              key="fr_class")
+    lo, hi = f3.slider("ID between", -1.0, 1.0, (-1.0, 1.0), 0.01, key="fr_id_range")
+    keep = [(show_kind == "all" or it.kind == show_kind) and (show_class == "(all)" or it.true_label == show_class)
+            and lo <= it.id_score <= hi for it in items]
+    table = table[keep]
+    items = [it for it, k in zip(items, keep) if k]
+    if not items:
+        st.info("No image matches these filters.")
+        st.stop()
+    columns = ["name", "true_label", "target_name", "correct", "kind", "id_score", "insertion", "deletion",
+               "attributed_area", "suggestion", "label"]
+else:
+    st.subheader(f"{n_fail} of {len(items)} maps fail (ID <= {threshold:.3f})")
+    columns = ["name", "target_name", "id_score", "insertion", "deletion", "attributed_area", "failure",
+               "suggestion", "label"]
+st.dataframe(table[columns], hide_index=True, width="stretch",
              column_config={"id_score": st.column_config.NumberColumn("ID", format="%.3f"),
+                            "target_name": st.column_config.TextColumn("predicted" if truth else "target"),
+                            "true_label": st.column_config.TextColumn("true"),
                             "attributed_area": st.column_config.NumberColumn("area", format="%.2f")})
 
 names = [f"{it.name} · ID {it.id_score:.3f}" + (" · FAIL" if it.failure else "") for it in items]
@@ -123,7 +177,8 @@ name, data = raw_images[item.image_hash]
 shown = bundle.to_tensor01(load_image(data, name=name)).permute(1, 2, 0).mul(255).round().byte().numpy()
 spec = METHODS[method]
 col_a, col_b, col_c = st.columns([1, 1, 2])
-col_a.image(shown, caption=f"{name}: {item.target_name} ({item.score:.1%})", width="stretch")
+truth_note = f" · true {item.true_label} ({'right' if item.correct else 'wrong'})" if item.true_label else ""
+col_a.image(shown, caption=f"{name}: {item.target_name} ({item.score:.1%}){truth_note}", width="stretch")
 col_b.image(render.overlay(shown, spec.display_map(item.attribution, options), 0.5, signed=spec.signed),
             caption=spec.name, width="stretch")
 fig = go.Figure()
@@ -161,6 +216,10 @@ with st.form(key=f"fr_label_{item_key}"):
 
 st.subheader("Summary (as the paper's Table D)")
 all_labels = db.current_labels(model=model_name)
+if truth:
+    per_class = table_d_by_class(items, [lab for lab in all_labels if lab.method == method])
+    st.caption(f"Per true class, {METHODS[method].name}: failure kinds and your labels for the images shown")
+    st.dataframe(pd.DataFrame(per_class).T.rename_axis("true class"), width="stretch")
 counts = table_d(all_labels)
 if counts:
     st.dataframe(pd.DataFrame(counts).T.rename_axis("method"), width="stretch")

@@ -132,24 +132,53 @@ if other:
     st.dataframe([{k: v for k, v in r.items() if k != "_shown"} for r in other], hide_index=True)
 
 st.divider()
-st.subheader("Quality benchmark on the gallery")
-st.caption("Insertion/Deletion/ID (both tie protocols) and sparseness for every gallery image and the selected "
-           "methods; results are stored in SQLite, so a rerun is instant and an interrupted run resumes.")
-if st.button("Run quality benchmark", key="metrics_bench", icon=":material/play_arrow:"):
+st.subheader("Quality benchmark")
+st.caption("Insertion/Deletion/ID (both tie protocols) and sparseness for every image of a set and the selected "
+           "methods; results are stored in SQLite, so a rerun is instant and an interrupted run resumes. On a "
+           "labelled dataset the results are also given per true class, split into correct and wrong predictions.")
+bench_source = st.radio("On", ["Gallery", "Dataset"], horizontal=True, key="metrics_bench_source")
+bench_images, truth, unreadable = None, {}, []
+if bench_source == "Dataset":
+    from explainers.by_class import truth_by_name
+    from pages import sources
+
+    dataset = sources.choose_dataset("metrics_dataset")
+    if dataset is not None and len(dataset):
+        count = int(st.number_input(f"Images (first N of {len(dataset)})", 1, len(dataset), min(len(dataset), 24),
+                                    key="metrics_ds_count"))
+        try:
+            bench_images, unreadable = dataset.read(dataset.page(0, count))
+            truth = truth_by_name(dataset, bundle.class_names) if dataset.labelled else {}
+        except Exception as exc:  # noqa: BLE001 - e.g. labels that match no class of the model
+            common.show_error(exc)
+else:
+    bench_images = quality.quality_images("gallery")
+if bench_images and st.button("Run quality benchmark", key="metrics_bench", icon=":material/play_arrow:"):
     bar = st.progress(0.0, text="Starting ...")
     try:
         with progress_callback(lambda f, t: bar.progress(f, text=t or "...")):
-            rows = quality.run_quality(bundle, quality.quality_images("gallery"), chosen,
+            rows = quality.run_quality(bundle, bench_images, chosen,
                                        ["insdel", "insdel-strict", "sparseness"],
                                        quality.Settings(pixels_per_step=pixels_per_step, start=start), Store(),
                                        options={m: options.get(m, {}) for m in chosen})
         bar.empty()
         st.session_state["metrics_bench_summary"] = quality.summary(rows)
         st.session_state["metrics_bench_markdown"] = quality.markdown(rows, bundle.label, str(bundle.device))
+        if truth:
+            from explainers.by_class import per_class
+
+            st.session_state["metrics_bench_classes"] = per_class(rows, truth)
+        else:
+            st.session_state.pop("metrics_bench_classes", None)
     except Exception as exc:  # noqa: BLE001
         bar.empty()
         common.show_error(exc)
+for _name, why in unreadable:
+    st.warning(why, icon=":material/warning:")
 if "metrics_bench_summary" in st.session_state:
     st.dataframe(st.session_state["metrics_bench_summary"], hide_index=True)
     st.download_button("Download summary (markdown)", st.session_state["metrics_bench_markdown"],
                        file_name="quality_summary.md", key="metrics_bench_md")
+if st.session_state.get("metrics_bench_classes"):
+    st.markdown("**Per true class, correct vs wrong predictions** (means)")
+    st.dataframe(st.session_state["metrics_bench_classes"], hide_index=True)

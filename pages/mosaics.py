@@ -13,7 +13,7 @@ from explainers import METHODS, explain, render
 from explainers.classes import short_name
 from explainers.images import GALLERY, image_hash
 from explainers.mosaic import QUADRANTS, build_mosaic, gae_score, load_folder, random_selection
-from pages import common
+from pages import common, sources
 
 ctx = common.require_context()
 bundle = ctx.bundle
@@ -23,10 +23,30 @@ st.caption("Four images in a 2x2 grid. A contrastive method puts the explained c
            "quadrant: Focus = share of positive relevance in the quadrants of that class; Contrastiveness "
            "weighs each quadrant by the scoring map (1 for the positive, 2 s_p[c_n]/s_p[c_p] - 1 for the others).")
 
-source = st.radio("Images from", ["Gallery", "Uploads", "Folder"], horizontal=True, key="mosaic_source")
+kinds = ["Gallery", "Uploads", "Dataset"] + (["Folder"] if sources.server_paths_allowed() else [])
+source = st.radio("Images from", kinds, horizontal=True, key="mosaic_source",
+                  help="Dataset: quadrants drawn from distinct true classes of a registered dataset.")
 pool: dict[str, object] = {}
 keys: dict[str, str] = {}  # image name -> stable cache key
-if source == "Gallery":
+true_classes: dict[str, int] = {}  # image name -> true class index (dataset source)
+if source == "Dataset":
+    dataset = sources.choose_dataset("mosaic_dataset")
+    if dataset is not None and dataset.labelled:
+        try:
+            targets = dataset.targets(bundle.class_names)
+            per_class = int(st.number_input("Images per true class", 1, 8, 2, key="mosaic_per_class"))
+            chosen = [s for c in dataset.classes[:24] for s in dataset.filter(c).page(0, per_class)]
+            for batch in dataset.batches(16, chosen):
+                for s, img in zip(batch.samples, batch.images):
+                    pool[s.name], keys[s.name] = img, f"dataset:{dataset.name}/{s.name}"
+                    true_classes[s.name] = targets[s.label]
+                for _name, why in batch.failures:
+                    st.warning(f"Skipped {why}", icon=":material/warning:")
+        except Exception as exc:  # noqa: BLE001 - a dataset problem is shown, the page stays usable
+            common.show_error(exc)
+    elif dataset is not None:
+        st.info(f"{dataset.name} has no true labels: use it from the sidebar, or pick a labelled dataset.")
+elif source == "Gallery":
     for k, g in GALLERY.items():
         pool[k], keys[k] = g.image(), f"gallery:{k}"
 elif source == "Uploads":
@@ -38,7 +58,7 @@ elif source == "Uploads":
             keys[f.name] = f"upload:{image_hash(data)}"
         except Exception as exc:  # noqa: BLE001 - a bad file is reported, the others stay usable
             common.show_error(exc)
-else:
+elif source == "Folder":  # only offered with --allow-server-paths
     folder = st.text_input("Folder on the server", key="mosaic_folder", placeholder="/path/to/images")
     if folder.strip():
         try:
@@ -62,8 +82,11 @@ names = list(pool)
 classes_by_key = pool_classes(ctx.model_key, tuple(keys[n] for n in names), _bundle=bundle,
                               _images=tuple(pool[n] for n in names))
 classes = {n: classes_by_key[keys[n]] for n in names}
+if true_classes:  # a labelled dataset: quadrants of distinct *true* classes
+    classes = dict(true_classes)
 
-if st.button("Randomise (distinct predicted classes)", key="mosaic_random", icon=":material/casino:"):
+label = "Randomise (distinct true classes)" if true_classes else "Randomise (distinct predicted classes)"
+if st.button(label, key="mosaic_random", icon=":material/casino:"):
     try:
         picked = random_selection(classes, 4, seed=random.randrange(1 << 30))
         for q, n in enumerate(picked):

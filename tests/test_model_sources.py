@@ -11,50 +11,7 @@ import torch
 from explainers.config import load_config
 from explainers.errors import ConfigError, InvalidCheckpoint, InvalidLabels, UnknownModel
 from explainers.model_sources import load_source, parse_source
-
-USER_CNN = '''
-import torch
-from torch import nn
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.skip = None if (cin == cout and stride == 1) else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        h = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(h + (x if self.skip is None else self.skip(x)))
-
-
-class SmallResNet(nn.Module):
-    def __init__(self, num_classes=3):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.MaxPool2d(2))
-        self.block1 = ResBlock(8, 8, 1)
-        self.block2 = ResBlock(8, 16, 2)  # the projection skip
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.block2(self.block1(self.stem(x)))), 1))
-
-
-def build(num_classes=3):
-    torch.manual_seed(0)
-    return SmallResNet(num_classes)
-
-
-def not_a_model():
-    return "hello"
-'''
+from tests.project import USER_CNN
 
 
 @pytest.fixture
