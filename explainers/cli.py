@@ -180,6 +180,9 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         if bar:
             bar.close()
     print(quality.markdown(rows, bundle.label, str(bundle.device)))
+    _print_per_class(rows, args.images, bundle)
+    for name, why in getattr(rows, "skipped", []):
+        print(f"skipped {name}: {why}", file=sys.stderr)
     if args.out:
         quality.write_csv(rows, args.out)
         quality.write_summary_csv(rows, quality.summary_path(args.out))
@@ -187,6 +190,29 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     cached = sum(r.cached for r in rows)
     print(f"{len(rows)} item(s), {cached} read from {store.path}")
     return 0
+
+
+def _print_per_class(rows, images: str, bundle) -> None:
+    """On a labelled dataset: the metrics per true class, split into correct and wrong predictions."""
+    if images == "gallery":
+        return
+    from .by_class import accuracy, per_class, truth_by_name
+    from .datasets import resolve_dataset
+
+    dataset = resolve_dataset(images)
+    if not dataset.labelled:
+        return
+    truth = truth_by_name(dataset, bundle.class_names)
+    records = per_class(rows, truth)
+    columns = [c for c in dict.fromkeys(k for r in records for k in r) if c not in ("method", "true class",
+                                                                                  "prediction", "images")]
+    print("\nper true class (means; a row explains the predicted class)\n")
+    print("| method | true class | prediction | images | " + " | ".join(columns) + " |")
+    print("|---" * (4 + len(columns)) + "|")
+    for r in records:
+        cells = ["n/a" if r.get(c) is None else f"{r[c]:.3f}" for c in columns]
+        print(f"| {r['method']} | {r['true class']} | {r['prediction']} | {r['images']} | " + " | ".join(cells) + " |")
+    print("\naccuracy per true class: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy(rows, truth).items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_erf)
 
     p = bench.add_parser("quality", help="faithfulness/complexity metrics per image and method (resumable)")
-    p.add_argument("--images", default="gallery", help="'gallery' or a folder of images")
+    p.add_argument("--images", default="gallery",
+                   help="'gallery', a dataset of relevance-explorer.toml, an image folder (ImageFolder layout: "
+                        "class sub-folders) or a CSV/Parquet manifest (path,label)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--weights", default="default")
     p.add_argument("--methods", default="gradcam", help="comma-separated method ids")

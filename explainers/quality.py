@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ExplainerError
+from .errors import ExplainerError, InvalidImage
 from .images import GALLERY, image_hash, load_image
 from .metrics import fidelity, insertion_deletion, method_explain_fn, sparseness, stability
 from .metrics.insdel import SCHEDULE as INSDEL_SCHEDULE
@@ -80,6 +80,14 @@ class Row:
     cached: bool = False
 
 
+class Rows(list):
+    """Quality rows plus ``skipped``: (name, reason) of each image that could not be decoded."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self.skipped: list[tuple[str, str]] = []
+
+
 def parse_metrics(text: str | Sequence[str] | None) -> list[str]:
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else (text or DEFAULT_METRICS))
              if m.strip()]
@@ -90,18 +98,19 @@ def parse_metrics(text: str | Sequence[str] | None) -> list[str]:
 
 
 def quality_images(source: str | Path, limit: int | None = None) -> list[tuple[str, bytes]]:
-    """(name, bytes) of the gallery (``"gallery"``) or of the image files in a folder, sorted by name."""
+    """(name, bytes) of the gallery (``"gallery"``), of a dataset registered in relevance-explorer.toml, or of a
+    folder (ImageFolder or plain, recursive) / CSV-Parquet manifest, in listing order; unreadable files are
+    skipped here and undecodable ones later, each reported by name."""
     if str(source) == "gallery":
         items = [(f"{k}.png", g.png_bytes()) for k, g in GALLERY.items()]
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise ExplainerError(f"--images must be 'gallery' or a folder; {str(folder)!r} is not a folder.")
-        suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-        items = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes]
-        if not items:
-            raise ExplainerError(f"No image files in {str(folder)!r}.")
-    return items[:limit] if limit else items
+        return items[:limit] if limit else items
+    from .datasets import resolve_dataset
+
+    dataset = resolve_dataset(str(source))
+    if not len(dataset):
+        raise ExplainerError(f"No image files in {dataset.name!r}.")
+    items, _unreadable = dataset.read(dataset.page(0, limit or len(dataset)))
+    return items
 
 
 def has_ties(attribution: torch.Tensor) -> bool:
@@ -156,7 +165,7 @@ def evaluate(bundle: ModelBundle, x: torch.Tensor, method: str, options: Mapping
 def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], methods: Sequence[str],
                 metrics: Sequence[str] = DEFAULT_METRICS, settings: Settings = Settings(),
                 store: Store | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
-                on_row: Callable[[Row], None] | None = None) -> list[Row]:
+                on_row: Callable[[Row], None] | None = None) -> Rows:
     """Every image x method; values already in ``store`` are read, the others computed and stored at once.
 
     Progress goes through :func:`explainers.progress.report` (tqdm in the CLI,
@@ -168,7 +177,7 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
         spec = get_method(m)
         if not spec.supports(bundle):
             raise ExplainerError(spec.why_unsupported(bundle))
-    rows: list[Row] = []
+    rows = Rows()
     total = len(images) * len(methods)
     done = 0
     for name, data in images:
@@ -191,7 +200,12 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
                     target = hit[1].get("target", target)
             if missing:
                 if x is None:
-                    x = bundle.preprocess(load_image(data, name=name))
+                    try:
+                        x = bundle.preprocess(load_image(data, name=name))
+                    except InvalidImage as exc:  # one broken file is reported; the other images go on
+                        rows.skipped.append((name, str(exc)))
+                        done += len(methods)
+                        break
                 computed, target = evaluate(bundle, x, method, opts, missing, settings)
                 values.update(computed)
                 for metric in missing:

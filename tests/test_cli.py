@@ -102,3 +102,31 @@ def test_bench_speed_prints_a_table(capsys):
     assert main(["bench", "speed", "--methods", "saliency,guided-backprop", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "| forward | 1 |" in out and "| saliency | 1 |" in out and "| guided-backprop | 1 |" in out
+
+
+def test_your_own_model_and_dataset_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """--model with a factory and --labels, a registered model, bench quality per true class, and a project file
+    with a wrong class count: one line, exit 2."""
+    from tests.project import CLASSES, make_project
+
+    toml = make_project(tmp_path / "project")
+    monkeypatch.setenv("RELEVANCE_EXPLORER_CONFIG", str(toml))
+    monkeypatch.setenv("RELEVANCE_EXPLORER_DB", str(tmp_path / "q.sqlite"))
+    monkeypatch.syspath_prepend(str(toml.parent))
+    img = toml.parent / "data" / "fruit" / "apple" / "apple_0.png"
+    labels = toml.parent / "fruit.txt"
+    assert main(["explain", str(img), "--model", "mymodels:build", "--weights", "untrained", "--labels", str(labels),
+                 "--method", "resnet-lrp", "--json", "--out", str(tmp_path / "a.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target_name"] in CLASSES
+    assert main(["bench", "quality", "--model", "fruitnet", "--weights", "untrained", "--images", "fruit",
+                 "--methods", "gradcam", "--metrics", "sparseness"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "skipped banana/broken.png" in captured.err  # reported; the other 12 images are scored
+    assert "per true class" in text and all(f"| gradcam | {c} |" in text for c in CLASSES)
+    assert "accuracy per true class" in text
+    toml.write_text(toml.read_text().replace('labels = "fruit.txt"', 'labels = "fruit.txt"\nnum_classes = 5'))
+    assert main(["explain", str(img), "--model", "fruitnet", "--weights", "untrained"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "3" in err and "5" in err
