@@ -46,10 +46,12 @@ def positions(graph: PropGraph, node: fx.Node) -> tuple[str, ...]:
     return tuple(out)
 
 
-def make_composite(name: str, params: RuleParams | None = None, input_rule: str = "composite") -> Composite:
-    """The per-node rule picker for composite ``name``; ``input_rule`` overrides the first layer's rule."""
+def make_composite(name: str | dict[str, str], params: RuleParams | None = None,
+                   input_rule: str = "composite") -> Composite:
+    """The per-node rule picker for composite ``name`` (or a table of the same form); ``input_rule`` overrides
+    the first layer's rule."""
     params = params or RuleParams()
-    table = dict(COMPOSITES[name])
+    table = dict(COMPOSITES[name] if isinstance(name, str) else name)
     if input_rule != "composite":
         table["first"] = input_rule
     rules: dict[str, LayerRule] = {pos: RULES[rule](params) for pos, rule in table.items()}
