@@ -28,6 +28,7 @@ import torchvision
 from explainers import METHODS
 from explainers.methods.lrp import RuleParams, make_composite, rule_set
 from explainers.propagation import LRPRules, Proportional, propagate
+from tests.reference_resnet_lrp import randomise_bn
 
 zennit = pytest.importorskip("zennit")
 from zennit import composites as zc  # noqa: E402
@@ -43,24 +44,13 @@ HIGH = torch.tensor([2.2, 2.4, 2.6], dtype=torch.float64)
 PARAMS = RuleParams(eps=1e-6, stabilizer=1e-6, gamma=0.25, low=LOW, high=HIGH)  # zennit's defaults
 
 
-def _randomise_bn(net: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-
-
 @pytest.fixture(scope="module")
 def nets():
     out = {}
     for name in ("vgg16", "vgg16_bn", "resnet50"):
         torch.manual_seed(0)
         net = getattr(torchvision.models, name)()
-        _randomise_bn(net, 1)
+        randomise_bn(net, 1)
         out[name] = net.double().eval()
     return out
 

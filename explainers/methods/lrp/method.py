@@ -63,19 +63,16 @@ def _run(bundle: ModelBundle, x: torch.Tensor, targets: torch.Tensor, opts: dict
                         extras={"start": prop.start.detach().cpu().tolist()}, logits=prop.logits)
 
 
-register(MethodSpec(
-    id="lrp", name="LRP", family="lrp", fn=_run, options=LRP_OPTIONS,
-    model_families=CNN_FAMILIES, signed=True, postprocess=postprocess, own_forward=True,
-    description="Layer-wise Relevance Propagation with a composite of rules (Bach et al. 2015; "
-                "Montavon et al. 2019), on our propagation engine; the composites equal zennit's of the same name, "
-                "the default is EpsilonPlusFlat.",
-))
+def _register(mid: str, name: str, options, signed: bool, description: str) -> None:
+    register(MethodSpec(id=mid, name=name, family="lrp", fn=_run, options=options, model_families=CNN_FAMILIES,
+                        signed=signed, postprocess=postprocess, own_forward=True, description=description))
 
-register(MethodSpec(
-    id="resnet-lrp", name="ResNet-LRP", family="lrp", fn=_run, options=RESNET_LRP_OPTIONS,
-    # z+ maps are non-negative (every contribution is), so the preset renders with a sequential colormap.
-    model_families=CNN_FAMILIES, signed=False, postprocess=postprocess, own_forward=True,
-    description="LRP for ResNet (Otsuki et al. 2024): z+ rule, Ratio-Based Relevance Splitting at skip "
-                "junctions, start at the predicted probability, Heat Quantization (8 bins); "
-                "preset=released-code reproduces the authors' code.",
-))
+
+_register("lrp", "LRP", LRP_OPTIONS, True,
+          "Layer-wise Relevance Propagation with a composite of rules (Bach et al. 2015; Montavon et al. 2019), on "
+          "our propagation engine; the composites equal zennit's of the same name, the default is EpsilonPlusFlat.")
+# z+ maps are non-negative (every contribution is), so resnet-lrp renders with a sequential colormap.
+_register("resnet-lrp", "ResNet-LRP", RESNET_LRP_OPTIONS, False,
+          "LRP for ResNet (Otsuki et al. 2024): z+ rule, Ratio-Based Relevance Splitting at skip junctions, start "
+          "at the predicted probability, Heat Quantization (8 bins); preset=released-code reproduces the "
+          "authors' code.")
