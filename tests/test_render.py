@@ -85,10 +85,8 @@ def test_percentile_clip_makes_a_map_with_one_outlier_visible():
 
 
 def test_heat_quantize_lives_with_rendering_and_equals_hand_computation():
-    from explainers.propagation import heat_quantize as reexported
     from explainers.render import heat_quantize, postprocess
 
-    assert reexported is heat_quantize  # one implementation, display code, re-exported for old callers
     a = torch.arange(9.0)  # min 0, max 8, Q = 4 -> Delta = 2 (resnet-lrp Eq. 8), the max stays in the top bin
     assert heat_quantize(a, 4).tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 6]
     assert postprocess(a, {"bins": 4}).tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 6]

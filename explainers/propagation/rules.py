@@ -1,16 +1,21 @@
-"""Local propagation rules as small strategy objects (DESIGN.md, "One engine, many rules").
+"""Layer rules as (input modifier, parameter modifier) terms, and the LRP rule set over the walker.
 
-Every rule for a conv / linear layer is a *modified vector-Jacobian product*: build the
-modified pre-activation ``z`` from (modified) inputs and parameters, divide the upstream
-relevance by the stabilised ``z`` and take one VJP; the relevance of the input is
-``input * VJP`` (gradient x input).  That is one extra forward and one backward of the
-layer, batched over images and targets, with no Python loop over pixels or channels.
+A conv / linear rule is built the way zennit's ``BasicHook`` builds it (its input modifiers, parameter
+modifiers, gradient mapper and reducer): each :class:`Term` is one modified forward of the layer,
 
-A :class:`RuleSet` dispatches on the node kind; absLRP and SRD subclass it and
-override the handful of methods whose rule differs (conv/linear, BN, residual add,
-start).  Each method gets an :class:`OpContext` that exposes every activation of the
-forward pass, so rules that need more than the layer input (SRD's channel norms of the
-pointwise feature vectors) can have it.
+    z_t = sign_t * layer(input_t(x); param_t(W), param_t(b)),
+
+with the parameter modifier applied to the weight and the bias alike (so no rule can treat the bias
+differently by accident); a :class:`Group` of terms shares one denominator, and
+
+    R_in = sum_groups coef_g * sum_{t in g} sign_t * input_t(x) * W_t^T (mask_g * R / stab(sum_{t in g} z_t)).
+
+That is the whole of Epsilon, z+, alpha-beta, flat, w^2, z^B and gamma (``explainers/methods/lrp/rules.py``
+writes each as a few lines of terms); ``W^T s`` is the one transposed-linear helper
+(:func:`~explainers.propagation.linear.transpose`) every rule family uses.
+
+:class:`LRPRules` is the LRP family's :class:`~explainers.propagation.ruleset.RuleSet` (a sibling of absLRP's
+and SRD's): it picks the layer rule per node through a composite and says what BN, pools and residual adds do.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .graph import PropGraph, Residual, batch_norm_params
+from .linear import transpose
 from .ruleset import OpContext, RuleSet, layer_params, stabilize
 
 Tensor = torch.Tensor
@@ -52,65 +58,76 @@ class LayerContext:
             return F.linear(x, weight, bias)
         return F.conv2d(x, weight, bias, **self.conv)
 
-
-Term = tuple[Tensor, Tensor, Tensor | None, float]  # (input, weight, bias, sign)
-
-
-def modified_vjp(layer: LayerContext, R: Tensor, terms: list[Term], eps: float, fallback: bool = False,
-                 nonneg: bool = False) -> Tensor:
-    """R_in = sum_t input_t * d(z)/d(input_t)^T (R / stab(z)), z = sum_t sign_t * layer(input_t; W_t, b_t).
-
-    This is the generic LRP step (Bach et al. 2015, Eq. 2 of the resnet-lrp paper; Montavon et al. 2019,
-    "LRP as gradient x input") used by every rule below: each is a choice of ``terms``.
-
-    ``fallback``: outputs whose z is exactly 0 (no positive contribution at all: a dead input channel
-    or an all-negative depthwise kernel, while BN's shift kept the output alive) cannot pass relevance
-    under z+; their relevance is spread by the flat rule over their receptive field instead of being
-    lost, so conservation holds on real networks such as EfficientNet-Lite0.
-    ``nonneg``: every contribution is >= 0 (z+), so z >= 0.
-    """
-    with torch.enable_grad():
-        ins = [t[0].detach().requires_grad_(True) for t in terms]
-        z = None
-        for inp, (_, w, b, sign) in zip(ins, terms):
-            out = layer.apply(inp, w.detach(), b.detach() if b is not None else None)  # VJP w.r.t. inputs only
-            out = out if sign == 1 else sign * out
-            z = out if z is None else z + out
-        assert z is not None
-        zd = z.detach()
-        lost = None
-        if fallback and bool(zd.amin() <= 0):  # z >= 0 here, so this is "some z is exactly 0"
-            empty = (zd == 0) & (R != 0)
-            if bool(empty.any()):
-                lost, R = R * empty, R.masked_fill(empty, 0)
-        s = R / stabilize(zd, eps, nonneg)
-        grads = torch.autograd.grad(z, ins, s)
-    out_r = None
-    for inp, g in zip(ins, grads):
-        part = inp.detach() * g
-        out_r = part if out_r is None else out_r + part
-    assert out_r is not None
-    if lost is not None:
-        ones: list[Term] = [(torch.ones_like(layer.x), torch.ones_like(layer.weight), None, 1.0)]
-        out_r = out_r + modified_vjp(layer, lost, ones, max(eps, 1e-12))
-    return out_r
+    def transpose(self, s: Tensor, weight: Tensor) -> Tensor:
+        """W^T s (the VJP of the layer with respect to its input)."""
+        return transpose(s, weight, self.conv, tuple(self.x.shape[-2:]) if self.conv is not None else None)
 
 
-_CLAMPED = WeakTensorKeyDictionary()  # weight -> {(version, positive): W+ or W-}; entries die with the model
+# --------------------------------------------------------------------------- modifiers
 
 
-def clamped(weight: Tensor, positive: bool) -> Tensor:
-    """W+ or W-, cached per weight tensor (and its in-place version) so repeated calls skip the clamp."""
-    key = (weight._version, positive)
-    per_weight = _CLAMPED.get(weight)
-    if per_weight is not None and key in per_weight:
-        return per_weight[key]
-    out = weight.detach().clamp(min=0) if positive else weight.detach().clamp(max=0)
-    if per_weight is None or any(k[0] != key[0] for k in per_weight):
-        per_weight = {}
-        _CLAMPED[weight] = per_weight
-    per_weight[key] = out
-    return out
+@dataclass(frozen=True)
+class Mod:
+    """A named elementwise modifier of a layer input or of a parameter.
+
+    ``sign``: +1 when the result is >= 0 for any argument, -1 when <= 0, 0 when it depends on the argument
+    (the rules use it to know a denominator's sign and to skip terms that are exactly zero)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor] = field(compare=False)
+    sign: int = 0
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return self.fn(t)
+
+
+IDENTITY = Mod("identity", lambda t: t)
+POSITIVE = Mod("positive", lambda t: t.clamp(min=0), +1)
+NEGATIVE = Mod("negative", lambda t: t.clamp(max=0), -1)
+ONES = Mod("ones", torch.ones_like, +1)
+SQUARE = Mod("square", lambda t: t * t, +1)
+ZERO = Mod("zero", torch.zeros_like)  # as a bias modifier: the term has no bias (zennit's zero_params=['bias'])
+SAME = Mod("same-as-weight", lambda t: t)  # bias modifier placeholder: the weight's modifier (the default)
+
+
+def constant(name: str, value: Tensor, sign: int = 0) -> Mod:
+    """An input modifier that replaces the input by per-channel constants (z^B's bounds), broadcast over space."""
+    def fn(x: Tensor) -> Tensor:
+        v = value.to(x)
+        return v.view((1, -1) + (1,) * (x.dim() - 2)).expand_as(x)
+    return Mod(name, fn, sign)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified forward of the layer: ``sign * layer(input(x); param(W), bias(b))``.
+
+    ``bias`` defaults to the weight's modifier (weight and bias modified alike, as zennit); ``ZERO`` drops the
+    bias from this term.  Only the released resnet-lrp code needs another (it clamps W but not b)."""
+
+    input: Mod
+    param: Mod
+    bias: Mod = SAME
+    sign: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bias is SAME:
+            object.__setattr__(self, "bias", self.param)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms sharing one denominator ``stab(sum_t z_t)``; their relevance is scaled by ``coef``.
+
+    ``where``: 'positive' / 'negative' keeps only the outputs whose *unmodified* pre-activation ``x W + b`` is
+    > 0 / < 0 (zennit's Gamma); 'all' keeps every output."""
+
+    terms: tuple[Term, ...]
+    coef: float = 1.0
+    where: str = "all"
+
+
+# --------------------------------------------------------------------------- layer rules
 
 
 class LayerRule(abc.ABC):
@@ -123,93 +140,106 @@ class LayerRule(abc.ABC):
         """Redistribute the layer output's relevance onto its input."""
 
 
-@dataclass
-class Epsilon(LayerRule):
-    """LRP-epsilon (Bach et al. 2015): R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j, bias included in z."""
-
-    eps: float = 1e-6
-    name = "epsilon"
-
-    def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        return modified_vjp(layer, R, [(layer.x, layer.weight, layer.bias, 1.0)], self.eps)
+_CLAMPED = WeakTensorKeyDictionary()  # weight -> {(version, modifier): modified weight}; entries die with it
 
 
-@dataclass
-class ZPlus(LayerRule):
-    """z+ rule (resnet-lrp paper Eq. 2-3; = alpha1-beta0): R_i = sum_j x_i w+_ij / sum_k x_k w+_kj R_j.
+def clamped(weight: Tensor, positive: bool) -> Tensor:
+    """W+ or W-, cached per weight tensor (and its in-place version) so repeated calls skip the clamp."""
+    return modified_param(weight, POSITIVE if positive else NEGATIVE)
 
-    For non-negative inputs (every layer after a ReLU) this is exactly the paper's Eq. 2.  Signed
-    inputs (the image, or timm's un-activated block outputs) use the alpha1-beta0 generalisation
-    x+ W+ + x- W- (as zennit's ``ZPlus``), whose contributions are all positive, so shares stay in [0, 1].
-    ``bias=True`` adds the positive bias to the denominator as zennit does; the paper ignores biases.
-    """
 
-    stabilizer: float = 1e-9
-    bias: bool = False
-    fallback: bool = True  # flat rule where z+ is exactly 0 (see modified_vjp)
-    name = "zplus"
+def modified_param(param: Tensor, mod: Mod) -> Tensor:
+    """``mod(param)``, cached per parameter tensor object and in-place version (a model's own weights are
+    modified once per propagation call instead of once per term)."""
+    if mod is IDENTITY or mod is SAME:
+        return param
+    key = (param._version, mod.name)
+    per = _CLAMPED.get(param)
+    if per is not None and key in per:
+        return per[key]
+    out = mod(param.detach())
+    if per is None or any(k[0] != key[0] for k in per):
+        per = {}
+        _CLAMPED[param] = per
+    per[key] = out
+    return out
 
-    def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        w_pos = clamped(layer.weight, positive=True)
-        b_pos = layer.bias.clamp(min=0) if (self.bias and layer.bias is not None) else None
-        x = layer.x
-        if layer.nonneg:
-            terms: list[Term] = [(x, w_pos, b_pos, 1.0)]
-        else:
-            terms = [(x.clamp(min=0), w_pos, b_pos, 1.0),
-                     (x.clamp(max=0), clamped(layer.weight, positive=False), None, 1.0)]
-        return modified_vjp(layer, R, terms, self.stabilizer, fallback=self.fallback, nonneg=True)
+
+def _term_sign(t: Term, nonneg_input: bool) -> int:
+    """+1 / -1 when every contribution of the term is >= 0 / <= 0 whatever the data, else 0."""
+    s_in = t.input.sign or (1 if nonneg_input and t.input is IDENTITY else 0)
+    s_w = t.param.sign
+    s_b = t.bias.sign if t.bias is not ZERO else s_in * s_w
+    s = s_in * s_w
+    if s == 0 or s_b != s:
+        return 0
+    return int(s * (1 if t.sign > 0 else -1))
 
 
 @dataclass
-class AlphaBeta(LayerRule):
-    """LRP-alpha-beta (Bach et al. 2015, Eq. 60): alpha * positive shares - beta * negative shares."""
+class ModifiedRule(LayerRule):
+    """A layer rule written as groups of (input modifier, parameter modifier) terms (module docstring).
 
-    alpha: float = 2.0
-    beta: float = 1.0
-    stabilizer: float = 1e-9
-    name = "alphabeta"
+    ``stabilizer``: the denominator is ``z + eps * sign(z)`` (zennit's ``stabilize``, sign(0) = +1), or
+    ``z + eps`` with ``additive=True`` (the released resnet-lrp code).  ``fallback``: a rule that receives the
+    relevance of outputs whose denominator is exactly 0 instead of losing it (the paper z+'s guard for dead
+    receptive fields whose output BN kept alive); single-group rules only."""
 
-    def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        x, w = layer.x, layer.weight
-        xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
-        pos = modified_vjp(layer, R, [(xp, wp, None, 1.0), (xn, wn, None, 1.0)], self.stabilizer)
-        if self.beta == 0:
-            return self.alpha * pos
-        neg = modified_vjp(layer, R, [(xp, wn, None, 1.0), (xn, wp, None, 1.0)], self.stabilizer)
-        return self.alpha * pos - self.beta * neg
-
-
-@dataclass
-class Flat(LayerRule):
-    """Flat rule (Lapuschkin et al. 2019): inputs and weights set to one, bias dropped; spreads R uniformly
-    over each output's receptive field (zennit's ``Flat``)."""
-
+    name: str = "rule"
+    groups: tuple[Group, ...] = ()
     stabilizer: float = 1e-6
-    name = "flat"
+    additive: bool = False
+    fallback: LayerRule | None = None
 
     def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        return modified_vjp(layer, R, [(torch.ones_like(layer.x), torch.ones_like(layer.weight), None, 1.0)],
-                            self.stabilizer)
-
-
-@dataclass
-class ZBox(LayerRule):
-    """z^B rule for bounded inputs (Montavon et al. 2017, Eq. for the input layer):
-    z = x W - l W+ - h W-, R_in = x c(W) - l c(W+) - h c(W-) with l, h the per-channel input bounds."""
-
-    low: Tensor = field(default_factory=lambda: torch.zeros(3))
-    high: Tensor = field(default_factory=lambda: torch.ones(3))
-    stabilizer: float = 1e-6
-    name = "zbox"
-
-    def __call__(self, layer: LayerContext, R: Tensor) -> Tensor:
-        x, w = layer.x, layer.weight
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        low = self.low.to(x).view(shape).expand_as(x)
-        high = self.high.to(x).view(shape).expand_as(x)
-        return modified_vjp(layer, R, [(x, w, layer.bias, 1.0), (low, w.clamp(min=0), None, -1.0),
-                                       (high, w.clamp(max=0), None, -1.0)], self.stabilizer)
+        x, nonneg = layer.x, layer.nonneg
+        out: Tensor | None = None
+        plain: Tensor | None = None  # the unmodified pre-activation, for masked groups
+        lost: Tensor | None = None
+        for group in self.groups:
+            z: Tensor | None = None
+            live: list[tuple[Tensor | None, Tensor, float]] = []  # (input or None for ones, weight, sign)
+            signs = set()
+            for t in group.terms:
+                if nonneg and t.input is NEGATIVE and t.bias is ZERO:
+                    continue  # x- = 0 after a ReLU: the term is exactly zero
+                inp = x if (t.input is IDENTITY or (nonneg and t.input is POSITIVE)) else t.input(x)
+                w = modified_param(layer.weight, t.param)
+                b = None if (layer.bias is None or t.bias is ZERO) else modified_param(layer.bias, t.bias)
+                zt = layer.apply(inp, w, b)
+                zt = zt if t.sign == 1 else t.sign * zt
+                z = zt if z is None else z + zt
+                live.append((None if t.input is ONES else inp, w, t.sign))
+                signs.add(_term_sign(t, nonneg))
+            if z is None:
+                continue
+            positive = signs == {1}  # every contribution >= 0, so z >= 0
+            r = R
+            if group.where != "all":
+                if plain is None:
+                    plain = layer.apply(x, layer.weight, layer.bias)
+                r = R * ((plain > 0) if group.where == "positive" else (plain < 0)).to(R.dtype)
+            if self.fallback is not None and (not positive or bool(z.amin() <= 0)):
+                empty = (z == 0) & (r != 0)
+                if bool(empty.any()):
+                    lost, r = r * empty, r.masked_fill(empty, 0)
+            if self.stabilizer > 0 and (self.additive or positive):
+                den = z + self.stabilizer  # the released code's plain + eps; for z >= 0 also zennit's eps * sign(z)
+            else:
+                den = stabilize(z, self.stabilizer)  # eps * sign(z); eps = 0 only guards exact zeros
+            s = r / den
+            for inp, w, sign in live:
+                g = layer.transpose(s, w)
+                part = g if inp is None else inp * g  # a ones input multiplies by 1
+                coef = group.coef * sign
+                part = part if coef == 1 else coef * part
+                out = part if out is None else out + part
+        if out is None:
+            out = torch.zeros_like(x)
+        if lost is not None:
+            assert self.fallback is not None
+            out = out + self.fallback(layer, lost)
+        return out
 
 
 # --------------------------------------------------------------------------- residual junctions
