@@ -14,6 +14,80 @@ from typing import Any
 
 from .errors import ExplainerError
 
+# --------------------------------------------------------------------------- argument types
+# Every argument is checked when parsed, so a bad value is one line ("error: ...") and exit 2, never a traceback
+# or a silent wrong result (e.g. --opacity nan wrote an all-black PNG; --limit -1 dropped the last image).
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``error: <message>`` on stderr and exit 2 (argparse adds a usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+
+
+def unit_float(text: str) -> float:
+    """A finite number in [0, 1] (opacity)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def out_file(text: str) -> str:
+    """A file to write: its folder must exist and the path must not be a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {str(path.parent)!r} does not exist")
+    return text
+
+
+def existing_file(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return text
+
+
+def images_arg(text: str) -> str:
+    """'gallery', an existing folder or manifest file, or (checked when the command runs, so that no project file
+    is read here) a dataset name of relevance-explorer.toml."""
+    if text == "gallery" or Path(text).exists():
+        return text
+    if "/" in text or "\\" in text or Path(text).suffix:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'gallery' nor an existing folder or manifest")
+    return text  # a registered dataset name
+
+
+def weights_arg(text: str) -> str:
+    """'default', 'untrained' or an existing state-dict file."""
+    return text if text in ("default", "untrained") else existing_file(text)
+
 
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -38,8 +112,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     options = dict(_parse_option(o) for o in args.option or [])
     _print_estimate(bundle, args.method, options)
     bar = _tqdm_progress(args.method)
-    with progress_callback(bar.update if bar else None):
-        res = explain(bundle, x, args.method, target=target, **options)
+    try:
+        with progress_callback(bar.update if bar else None):
+            res = explain(bundle, x, args.method, target=target, **options)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        if not options:
+            raise
+        # an option the spec accepts but the method cannot use (e.g. Grad-CAM at layer=classifier, a 2-D output)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExplainerError(f"{args.method} cannot run with {' '.join(f'{k}={v}' for k, v in options.items())}: "
+                             f"{first[:200]}") from None
     if bar:
         bar.close()
     if args.out:
@@ -216,25 +298,27 @@ def _print_per_class(rows, images: str, bundle) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m explainers", description="Relevance Explorer command line")
+    parser = _Parser(prog="python -m explainers", description="Relevance Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="explain one image and write a heatmap")
-    p.add_argument("image", help="image file (PNG, JPEG, ...)")
+    p.add_argument("image", type=existing_file, help="image file (PNG, JPEG, ...)")
     p.add_argument("--model", default="efficientnet_lite0",
                    help="a zoo name, a model of relevance-explorer.toml, timm:NAME, torchvision:NAME or "
                         "package.module:function (trusted code)")
-    p.add_argument("--weights", default="default", help="'default', 'untrained' or a state-dict file")
-    p.add_argument("--labels", help="class names of the model's head: one per line, or JSON")
-    p.add_argument("--num-classes", type=int, help="the head's class count (default: from labels or checkpoint)")
+    p.add_argument("--weights", default="default", type=weights_arg,
+                   help="'default', 'untrained' or a state-dict file")
+    p.add_argument("--labels", type=existing_file, help="class names of the model's head: one per line, or JSON")
+    p.add_argument("--num-classes", type=positive_int,
+                   help="the head's class count (default: from labels or checkpoint)")
     p.add_argument("--method", default="gradcam")
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--target", type=int, help="class index to explain (default: the prediction)")
+    tgt.add_argument("--target", type=_int_at_least(0), help="class index to explain (default: the prediction)")
     tgt.add_argument("--target-name", help="class name or part of it, e.g. 'tabby'")
     p.add_argument("--option", action="append", metavar="NAME=VALUE", help="method option, repeatable")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--out", help="write the heatmap overlay as PNG")
-    p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument("--out", type=out_file, help="write the heatmap overlay as PNG")
+    p.add_argument("--opacity", type=unit_float, default=0.5, help="overlay opacity in [0, 1]")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_explain)
 
@@ -248,12 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("speed", help="seconds per image and ratio to a forward pass")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--weights", default="default")
+    p.add_argument("--weights", default="default", type=weights_arg)
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated ids (options inline: scorecam@top_k=64), or families: cam, gradient, lrp, "
                         "srd, all (every method of the family that supports the model)")
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--repeat", type=positive_int, default=5)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_speed)
 
@@ -265,30 +349,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = bench.add_parser("erf", help="seconds for the SRD ERFs of many PFVs of one image at once")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--weights", default="default")
-    p.add_argument("--positions", type=int, default=49, help="PFVs, spread over the layer's grid")
+    p.add_argument("--weights", default="default", type=weights_arg)
+    p.add_argument("--positions", type=positive_int, default=49, help="PFVs, spread over the layer's grid")
     p.add_argument("--layer", default="low", help="low, high or a layer name (see the SRD Explorer)")
     p.add_argument("--how", default="auto", choices=["auto", "stencils", "walk"],
                    help="sharing-ratio stencils or one batched backward walk")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=positive_int, default=3)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_bench_erf)
 
     p = bench.add_parser("quality", help="faithfulness/complexity metrics per image and method (resumable)")
-    p.add_argument("--images", default="gallery",
+    p.add_argument("--images", default="gallery", type=images_arg,
                    help="'gallery', a dataset of relevance-explorer.toml, an image folder (ImageFolder layout: "
                         "class sub-folders) or a CSV/Parquet manifest (path,label)")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--weights", default="default")
+    p.add_argument("--weights", default="default", type=weights_arg)
     p.add_argument("--methods", default="gradcam", help="comma-separated method ids")
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
     p.add_argument("--metrics", default="insdel,insdel-strict,sparseness",
                    help="comma-separated: insdel, insdel-strict, sparseness, fidelity, stability")
-    p.add_argument("--pixels-per-step", type=int, default=500, help="insertion/deletion step (500 = 0 px + 101 points)")
+    p.add_argument("--pixels-per-step", type=positive_int, default=500,
+                   help="insertion/deletion step (500 = 0 px + 101 points)")
     p.add_argument("--start", default="black", choices=["black", "blurred"], help="insertion start image")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
-    p.add_argument("--out", help="write per-image values to this CSV (and a _summary.csv next to it)")
+    p.add_argument("--db", default=None, type=out_file,
+                   help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
+    p.add_argument("--out", type=out_file, help="write per-image values to this CSV (and a _summary.csv next to it)")
     p.set_defaults(func=cmd_bench_quality)
     return parser
 
@@ -299,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ExplainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an --out file that cannot be written (permissions, disk full)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

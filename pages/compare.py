@@ -1,6 +1,7 @@
 """Compare: the input and one heatmap per chosen method, side by side."""
 
 import json
+import re
 
 import streamlit as st
 
@@ -90,7 +91,8 @@ tiles = ["__input__", *chosen]
 for start in range(0, len(tiles), per_row):
     cols = st.columns(per_row)
     for col, tile in zip(cols, tiles[start:start + per_row]):
-        with col:
+        # a keyed container per tile ("st-key-tile-<id>"): what the browser test waits on is the map a user sees
+        with col, st.container(key="tile-" + re.sub(r"[^a-z0-9]", "-", tile.lower())):
             if tile == "__input__":
                 st.image(ctx.display, caption=f"Input ({ctx.image_name})", width="stretch")
                 continue

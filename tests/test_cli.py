@@ -130,3 +130,52 @@ def test_your_own_model_and_dataset_on_the_command_line(tmp_path, capsys, monkey
     assert main(["explain", str(img), "--model", "fruitnet", "--weights", "untrained"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "3" in err and "5" in err
+
+
+def _bad_argument_cases(tmp_path):
+    image = tmp_path / "cat.png"
+    image.write_bytes(GALLERY["chelsea"].png_bytes())
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    img = str(image)
+    return [
+        (["explain", img, "--out", str(tmp_path / "missing" / "x.png")], "does not exist"),
+        (["explain", img, "--out", str(folder)], "is a folder"),
+        (["explain", img, "--opacity", "nan"], "[0, 1]"),
+        (["explain", img, "--opacity", "1.5"], "[0, 1]"),
+        (["explain", img, "--opacity", "half"], "expected a number"),
+        (["explain", str(tmp_path / "nope.png")], "does not exist"),
+        (["explain", str(folder)], "is a folder"),
+        (["explain", img, "--target", "-3"], "at least 0"),
+        (["explain", img, "--num-classes", "0"], "at least 1"),
+        (["explain", img, "--weights", str(tmp_path / "none.pt")], "does not exist"),
+        (["explain", img, "--labels", str(tmp_path / "none.txt")], "does not exist"),
+        (["explain", img, "--option", "layer=classifier"], "gradcam"),
+        (["explain", img, "--method", "scorecam", "--option", "layer=classifier"], "scorecam"),
+        (["bench", "quality", "--pixels-per-step", "0"], "at least 1"),
+        (["bench", "quality", "--limit", "-1"], "at least 1"),
+        (["bench", "quality", "--images", str(tmp_path / "no_folder")], "neither 'gallery'"),
+        (["bench", "quality", "--out", str(folder)], "is a folder"),
+        (["bench", "speed", "--repeat", "0"], "at least 1"),
+        (["bench", "speed", "--batch", "0"], "at least 1"),
+        (["bench", "erf", "--positions", "-1"], "at least 1"),
+        (["bench", "erf", "--repeat", "x"], "whole number"),
+        (["explain"], "required"),
+        (["no-such-command"], "invalid choice"),
+    ]
+
+
+def test_every_bad_argument_is_one_error_line_and_exit_2(tmp_path, capsys):
+    """Each case once ended in a traceback or a silent wrong result (issue 17, point 4)."""
+    for argv, expected in _bad_argument_cases(tmp_path):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's path
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, code, err)
+        lines = err.strip().splitlines()  # a slow method's time estimate may come first, on its own line
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0], (argv, err)
+        assert expected in errors[0], (argv, errors[0])
+        assert "Traceback" not in err
