@@ -140,6 +140,10 @@ def evaluate(bundle: ModelBundle, x: torch.Tensor, method: str, options: Mapping
                    id_strict=float(strict.id_score[0]))
     if "sparseness" in metrics:
         out["sparseness"] = float(sparseness(shown[None])[0])
+    if "area" in metrics:
+        from .failures import attributed_area
+
+        out["attributed_area"] = attributed_area(shown)
     if "fidelity" in metrics:
         def model(batch: torch.Tensor) -> torch.Tensor:
             return bundle.model(batch)  # read-only use of the shared model (see guard.py)
