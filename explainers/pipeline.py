@@ -52,13 +52,18 @@ class Item:
 
 
 def as_items(images: Any) -> list[Item]:
-    """Items from a :class:`~explainers.datasets.Dataset`, (name, bytes) pairs, or items."""
+    """Items from a :class:`~explainers.datasets.Dataset`, its samples, (name, bytes) pairs, or items."""
     samples = getattr(images, "samples", None)
     if samples is not None:
-        return [Item(s.name, Path(s.path), s.label) for s in samples]
+        images = samples
     out = []
     for it in images:
-        out.append(it if isinstance(it, Item) else Item(str(it[0]), it[1], it[2] if len(it) > 2 else None))
+        if isinstance(it, Item):
+            out.append(it)
+        elif hasattr(it, "path") and hasattr(it, "label"):  # a datasets.Sample
+            out.append(Item(it.name, Path(it.path), it.label))
+        else:
+            out.append(Item(str(it[0]), it[1], it[2] if len(it) > 2 else None))
     return out
 
 
