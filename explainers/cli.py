@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
     p.add_argument("--out", help="write per-image values to this CSV (and a _summary.csv next to it)")
     p.set_defaults(func=cmd_bench_quality)
+
+    __import__("explainers.dataset_cli", fromlist=["add_parser"]).add_parser(sub)  # issue 14: dataset pipeline
     return parser
 
 

@@ -176,3 +176,16 @@ def test_auto_batch_size_and_override(bundle):
     assert pipeline.auto_batch_size(bundle, 7) == 7
     assert 1 <= pipeline.auto_batch_size(bundle) <= 16
     assert SPEC.endswith(":build")
+
+
+def test_cli_dataset_scores_per_class_and_resumes(data, tmp_path, capsys):
+    from explainers.cli import main
+
+    argv = ["dataset", "--images", str(data.root), "--model", SPEC, "--weights", "untrained", "--methods",
+            "saliency", "--metrics", "insdel,sparseness", "--pixels-per-step", "64", "--batch-size", "6",
+            "--workers", "0", "--device", "cpu", "--db", str(tmp_path / "cli.sqlite")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(f"| saliency | {c} | 8 |" in out for c in CLASSES) and "24 computed, 0 read" in out
+    assert main(argv) == 0
+    assert "0 computed, 24 read" in capsys.readouterr().out
