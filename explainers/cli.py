@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
     p.add_argument("--out", type=out_file, help="write per-image values to this CSV (and a _summary.csv next to it)")
     p.set_defaults(func=cmd_bench_quality)
+
+    __import__("explainers.dataset_cli", fromlist=["add_parser"]).add_parser(sub)  # issue 14: dataset pipeline
     return parser
 
 

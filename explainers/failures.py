@@ -22,12 +22,8 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidImage
-from .images import image_hash, load_image
-from .metrics import insertion_deletion
 from .models import ModelBundle
 from .progress import report
-from .registry import explain, get_method
 
 PAPER_THRESHOLD = 0.371  # resnet-lrp App. D.4: Grad-CAM's ID score, the best baseline
 CATEGORIES = {"IA": "Insufficiently Attended", "OA": "Over-Attended", "WA": "Wrongly Attended"}
@@ -150,39 +146,37 @@ class TriageItems(list):
 
 
 def triage(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method: str,
-           options: Mapping[str, Any] | None = None, settings: TriageSettings = TriageSettings()) -> TriageItems:
+           options: Mapping[str, Any] | None = None, settings: TriageSettings = TriageSettings(),
+           batch_size: int | None = None) -> TriageItems:
     """Explain each image's predicted class, score it, and suggest a failure category.
 
-    Returns items sorted by ascending ID score (worst first).  Images that cannot
-    be decoded are skipped and listed in ``.skipped`` with their reason (never a crash).
+    Runs through the batched dataset pipeline (:mod:`explainers.pipeline`, with no store: the maps and curves
+    are kept for display).  Returns items sorted by ascending ID score (worst first).
+    Images that cannot be decoded are skipped and listed in ``.skipped`` with their reason (never a crash).
     """
-    spec = get_method(method)
-    compute, shown = spec.split_options(spec.resolve_options(dict(options or {})))
+    from . import pipeline
+    from .quality import Settings
+
+    metric = "insdel" if settings.ties == "together" else "insdel-strict"
+    cols = ("insertion", "deletion") if metric == "insdel" else ("insertion_strict", "deletion_strict")
+    out = pipeline.run(bundle, images, [method], [metric, "area"], Settings(pixels_per_step=settings.pixels_per_step),
+                       store=None, options={method: dict(options or {})}, batch_size=batch_size, keep=True)
     items: list[TriageItem] = []
-    skipped: list[tuple[str, str]] = []
-    for k, (name, data) in enumerate(images):
-        report(k / max(len(images), 1), f"{name} ({k + 1}/{len(images)})")
-        try:
-            image = load_image(data, name=name)
-        except InvalidImage as exc:
-            skipped.append((name, str(exc)))
-            continue
-        x = bundle.preprocess(image)
-        res = explain(bundle, x, method, **compute)
-        shown_map = spec.display_map(res.attribution, {**compute, **shown})
-        curves = insertion_deletion(bundle, x, shown_map[None], [res.target], pixels_per_step=settings.pixels_per_step,
-                                    ties=settings.ties, raw=res.attribution[None])
-        ins, dele = float(curves.insertion_auc[0]), float(curves.deletion_auc[0])
-        area = attributed_area(shown_map)
+    classes = bundle.class_names
+    kept = [out.kept[k] for k in sorted(out.kept)]  # item order, as the rows (no store: every row is computed)
+    for row, c in zip(out.rows, kept):
+        ins, dele = row.values[cols[0]], row.values[cols[1]]
+        area = row.values["attributed_area"]
         failure, category, reason = suggest(ins - dele, area, settings)
+        fr, ic, dc = c.curves[settings.ties]
         items.append(TriageItem(
-            name=name, image_hash=image_hash(data), target=res.target, target_name=res.target_name, score=res.score,
-            insertion=ins, deletion=dele, id_score=ins - dele, attributed_area=area, failure=failure,
-            suggestion=category, reason=reason, attribution=res.attribution, fractions=curves.fractions,
-            insertion_curve=curves.insertion[0], deletion_curve=curves.deletion[0],
+            name=row.image, image_hash=row.image_hash, target=row.target, target_name=classes[row.target],
+            score=row.score, insertion=ins, deletion=dele, id_score=ins - dele, attributed_area=area,
+            failure=failure, suggestion=category, reason=reason,
+            attribution=c.raw, fractions=fr, insertion_curve=ic, deletion_curve=dc,
         ))
-    report(1.0, "done" if not skipped else f"done; {len(skipped)} undecodable file(s) skipped")
-    return TriageItems(sorted(items, key=lambda item: item.id_score), skipped)
+    report(1.0, "done" if not out.skipped else f"done; {len(out.skipped)} undecodable file(s) skipped")
+    return TriageItems(sorted(items, key=lambda item: item.id_score), out.skipped)
 
 
 def resuggest(items: Sequence[TriageItem], settings: TriageSettings) -> TriageItems:

@@ -39,6 +39,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "sparseness": ("sparseness",),
     "fidelity": ("fidelity",),
     "stability": ("stability",),
+    "area": ("attributed_area",),  # fraction of pixels above half the map's maximum (failure triage)
 }
 DEFAULT_METRICS = ("insdel", "insdel-strict", "sparseness")
 
@@ -78,6 +79,8 @@ class Row:
     target: int
     values: dict[str, float | None] = field(default_factory=dict)
     cached: bool = False
+    label: str | None = None  # the image's true label, when the dataset has one
+    score: float | None = None  # the model's probability of ``target``
 
 
 class Rows(list):
@@ -146,6 +149,10 @@ def evaluate(bundle: ModelBundle, x: torch.Tensor, method: str, options: Mapping
                    id_strict=float(strict.id_score[0]))
     if "sparseness" in metrics:
         out["sparseness"] = float(sparseness(shown[None])[0])
+    if "area" in metrics:
+        from .failures import attributed_area
+
+        out["attributed_area"] = attributed_area(shown)
     if "fidelity" in metrics:
         def model(batch: torch.Tensor) -> torch.Tensor:
             return bundle.model(batch)  # read-only use of the shared model (see guard.py)
@@ -165,11 +172,15 @@ def evaluate(bundle: ModelBundle, x: torch.Tensor, method: str, options: Mapping
 def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], methods: Sequence[str],
                 metrics: Sequence[str] = DEFAULT_METRICS, settings: Settings = Settings(),
                 store: Store | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
-                on_row: Callable[[Row], None] | None = None) -> Rows:
+                on_row: Callable[[Row], None] | None = None, per_image: bool = False,
+                batch_size: int | None = None, workers: int | None = None, stop: Any = None) -> Rows:
     """Every image x method; values already in ``store`` are read, the others computed and stored at once.
 
+    By default through the batched dataset pipeline (:func:`explainers.pipeline.run`: one transaction per
+    batch, a Ctrl-C keeps the finished batches and raises KeyboardInterrupt after).  ``per_image``: the
+    image-by-image path (the reference the pipeline is benchmarked and tested against).
     Progress goes through :func:`explainers.progress.report` (tqdm in the CLI,
-    st.progress in the app).  ``on_row`` is called after each finished item.
+    st.progress in the app).  ``on_row`` is called after each finished item (per batch in the pipeline).
     """
     store = store or Store()
     metrics = parse_metrics(list(metrics))
@@ -177,6 +188,20 @@ def run_quality(bundle: ModelBundle, images: Sequence[tuple[str, bytes]], method
         spec = get_method(m)
         if not spec.supports(bundle):
             raise ExplainerError(spec.why_unsupported(bundle))
+    if not per_image:
+        from . import pipeline
+
+        def on_batch(_stats, batch_rows: list[Row]) -> None:
+            for r in batch_rows:
+                on_row(r)
+
+        out = pipeline.run(bundle, images, methods, metrics, settings, store, options, batch_size=batch_size,
+                           workers=workers, stop=stop, on_batch=on_batch if on_row else None)
+        if out.stats.stopped and (stop is None or not stop.is_set()):
+            raise KeyboardInterrupt  # Ctrl-C: the finished batches are stored; the caller says so
+        rows = Rows(out.rows)
+        rows.skipped = list(out.skipped)
+        return rows
     rows = Rows()
     total = len(images) * len(methods)
     done = 0

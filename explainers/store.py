@@ -214,6 +214,37 @@ class Store:
         with self._connect() as con:
             con.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
+    def put_many(self, rows: list[tuple[str, str, str, Mapping[str, Any] | None, str, float | None,
+                                       Mapping[str, Any] | None, Mapping[str, Any] | None, str]]) -> None:
+        """Many results in ONE transaction: (image_hash, model, method, options, metric, value, settings, extra,
+        image_name) each.  The dataset pipeline writes a whole batch this way (one commit per batch, not per item)."""
+        now = time.time()
+        out = []
+        for image_hash, model, method, options, metric, value, settings, extra, image_name in rows:
+            _check_model_key(model)
+            out.append((image_hash, model, method, canonical(options), metric, canonical(settings),
+                        None if value is None or value != value else float(value),
+                        json.dumps(dict(extra or {}), default=str), image_name, now))
+        with self._connect() as con:
+            con.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", out)
+
+    def get_many(self, image_hashes: list[str], model: str, method: str,
+                 options: Mapping[str, Any] | None) -> dict[tuple[str, str, str], tuple[float | None, dict]]:
+        """Every stored result of these images for one model, method and options, in one query:
+        (image_hash, metric, canonical settings) -> (value, extra)."""
+        out: dict[tuple[str, str, str], tuple[float | None, dict]] = {}
+        if not image_hashes:
+            return out
+        with self._connect() as con:
+            for start in range(0, len(image_hashes), 500):  # SQLite's bound-parameter limit
+                chunk = list(image_hashes[start:start + 500])
+                sql = ("SELECT image_hash, metric, settings, value, extra FROM results WHERE model=? AND method=? "
+                       f"AND options=? AND image_hash IN ({','.join('?' * len(chunk))})")
+                for h, metric, settings, value, extra in con.execute(sql, (model, method, canonical(options),
+                                                                           *chunk)):
+                    out[(h, metric, settings)] = (value, json.loads(extra))
+        return out
+
     def results(self, model: str | None = None, method: str | None = None,
                 image_hash: str | None = None) -> list[dict[str, Any]]:
         """Stored rows as dicts, optionally filtered."""

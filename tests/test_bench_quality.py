@@ -17,14 +17,17 @@ FAST = quality.Settings(pixels_per_step=5000, batch_size=16)  # 11 curve points 
 
 @pytest.fixture
 def counted(monkeypatch):
+    """One entry (method, metrics) per image computed by the pipeline's batch step."""
+    from explainers import pipeline
+
     calls = []
-    real = quality.evaluate
+    real = pipeline.compute_batch
 
-    def wrapper(*args, **kwargs):
-        calls.append((args[2], tuple(args[4])))
-        return real(*args, **kwargs)
+    def wrapper(bundle, x, method, options, metrics, *args, **kwargs):
+        calls.extend([(method, tuple(metrics))] * x.shape[0])
+        return real(bundle, x, method, options, metrics, *args, **kwargs)
 
-    monkeypatch.setattr(quality, "evaluate", wrapper)
+    monkeypatch.setattr(pipeline, "compute_batch", wrapper)
     return calls
 
 
@@ -37,7 +40,7 @@ def test_resume_after_interruption_recomputes_nothing_finished(lite0, tmp_path, 
         raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first item was stored
 
     with pytest.raises(KeyboardInterrupt):
-        quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store, on_row=interrupt)
+        quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store, on_row=interrupt, batch_size=1)
     assert len(counted) == 1
     rows = quality.run_quality(lite0, images, ["gradcam"], metrics, FAST, store)
     assert len(counted) == 2  # only the second image was computed

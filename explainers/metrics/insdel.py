@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import ModelFn, as_maps, as_targets, baseline_image, chunked_forward
+from ._common import ModelFn, as_maps, as_targets, baseline_image
 
 TIES = ("together", "strict")
 # Names the curve protocol (points and area rule) for stored results: values stored under another protocol
@@ -108,8 +108,10 @@ def strict_rank(maps: torch.Tensor, raw: torch.Tensor | None = None, seed: int =
     """
     b, n = maps.shape[0], maps[0].numel()
     flat = maps.reshape(b, n)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.stack([torch.randperm(n, generator=gen) for _ in range(b)]).to(flat.device)
+    # One generator per image, seeded alike: an image's tiebreak does not depend on its place in a batch, so the
+    # dataset pipeline's batches give exactly the per-image values.
+    order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+                         for _ in range(b)]).to(flat.device)
     if raw is not None:
         key = raw.reshape(b, n).gather(1, order)
         order = order.gather(1, torch.sort(key, dim=1, descending=True, stable=True).indices)
@@ -170,16 +172,24 @@ def insertion_deletion_curves(model: ModelFn, x: torch.Tensor, maps: torch.Tenso
     base = baseline_image(x, start, mean, std)
     black = baseline_image(x, "black", mean, std)
     s = counts.numel()
-    curves = []  # stays on the device: one copy to the host at the end, not two syncs per image
-    for i in range(b):
-        m = masks[i][:, None].to(x.dtype)  # [S, 1, H, W]
+    # The 2S perturbed inputs of every image form one stream of B * 2S rows (image i's insertion steps, then its
+    # deletion steps), pushed through the model ``batch_size`` rows at a time: the steps of several images share
+    # a forward batch, so a batch of small images (or a GPU) is not starved by one image's 2S rows.
+    rows = b * 2 * s
+    probs = torch.empty(rows, device=x.device)  # stays on the device: one copy to the host at the end
+    for first in range(0, rows, batch_size):
+        idx = torch.arange(first, min(first + batch_size, rows), device=x.device)
+        img, k = idx // (2 * s), idx % (2 * s)
+        m = masks[img, k % s][:, None].to(x.dtype)  # [n, 1, H, W]
+        xi = x[img]
         # resnet-lrp Eq. 10: i_n = x on A_n, baseline elsewhere; d_n = baseline on A_n, x elsewhere.
         # Deletion always removes to black (the authors' protocol); ``start`` changes only where insertion begins.
-        inserted = m * x[i] + (1 - m) * base[i]
-        deleted = (1 - m) * x[i] + m * black[i]
-        probs = chunked_forward(model, torch.cat([inserted, deleted]), batch_size).softmax(-1)[:, targets[i]]
-        curves.append(probs)
-    both = torch.stack(curves).cpu()  # [B, 2S]
+        inserted = m * xi + (1 - m) * base[img]
+        deleted = (1 - m) * xi + m * black[img]
+        batch = torch.where((k >= s)[:, None, None, None], deleted, inserted)
+        out = model(batch).float().softmax(-1)
+        probs[idx] = out[torch.arange(idx.numel(), device=x.device), targets[img]]
+    both = probs.reshape(b, 2 * s).cpu()  # [B, 2S]
     ins, dele = both[:, :s], both[:, s:]
     return InsDelResult(fractions=counts.float() / (h * w), insertion=ins, deletion=dele,
                         insertion_auc=auc(ins, counts.float() / (h * w)),
