@@ -82,6 +82,10 @@ def _analyse(model: nn.Module, input_size: int, name: str) -> Capabilities:
         distinct = _activations_called_once(graph.module)
     except ExplainerError as exc:  # the engine's typed "not supported" errors name the operation
         propagation, reason = False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. a model without parameters: no propagation, other methods stay
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        propagation, reason = False, f"the graph of {name or type(model).__name__} could not be analysed " \
+                                     f"({type(exc).__name__}{': ' + first if first else ''})"
     cam_layer, tokens = _spatial_layer(model, example)
     return Capabilities(propagation, reason, residual, attention, depthwise, cam_layer, tokens, distinct)
 

@@ -32,9 +32,28 @@ def server_paths_allowed() -> bool:
     return ALLOW_FLAG in sys.argv or os.environ.get(ALLOW_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+def _config_key() -> str:
+    """Which project file applies now (the caches below are per file, and re-read every 30 s)."""
+    from explainers.config import find_config
+
+    try:
+        found = find_config()
+    except ExplainerError as exc:
+        return f"error:{exc}"
+    return f"{found}:{found.stat().st_mtime_ns}" if found is not None and found.exists() else ""
+
+
 def project_models() -> dict[str, bool]:
-    """Models of relevance-explorer.toml: name -> whether it names a checkpoint (re-read every 30 s)."""
+    """Models of relevance-explorer.toml: name -> whether it names a checkpoint."""
+    return _project_models(_config_key())
+
+
+def dataset_names() -> list[str]:
+    return _dataset_names(_config_key())
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _project_models(config_key: str) -> dict[str, bool]:
     from explainers.config import load_config
 
     try:
@@ -44,16 +63,20 @@ def project_models() -> dict[str, bool]:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def dataset_names() -> list[str]:
+def _dataset_names(config_key: str) -> list[str]:
     try:
         return registered_datasets()
     except ExplainerError:
         return []
 
 
-@st.cache_data(max_entries=8, ttl=300, show_spinner=False)
 def listed(name: str) -> Dataset:
-    """The listing of a registered dataset (no decoding); re-listed after 5 minutes."""
+    """The listing of a registered dataset (no decoding); re-listed after 5 minutes or when the file changes."""
+    return _listed(name, _config_key())
+
+
+@st.cache_data(max_entries=8, ttl=300, show_spinner=False)
+def _listed(name: str, config_key: str) -> Dataset:
     return open_registered(name)
 
 

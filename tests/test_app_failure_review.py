@@ -86,7 +86,8 @@ def test_empty_upload_set_says_what_to_do(db):
     assert any("No images in this set yet" in i.value for i in at.info)
 
 
-def test_missing_folder_is_a_message_not_a_traceback(db, tmp_path):
+def test_missing_folder_is_a_message_not_a_traceback(db, tmp_path, monkeypatch):
+    monkeypatch.setenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", "1")  # typed folders need the server's flag
     at = AppTest.from_file(APP, default_timeout=300).run()
     at.session_state["fr_source"] = "Folder"
     at.session_state["fr_folder"] = str(tmp_path / "does-not-exist")

@@ -301,11 +301,16 @@ def test_srd_method_resolutions_and_batching(lite0, gallery_x, untrained):
     assert both[1].target_name.lower().startswith("espresso")
 
 
-def test_vit_gets_a_clear_unsupported_message(lite0):
-    vit = dataclasses.replace(lite0, name="vit_tiny_patch16_224", family="vit")
-    with pytest.raises(UnsupportedModel, match="works on: efficientnet, resnet, vgg"):
+def test_vit_gets_a_clear_unsupported_message(lite0, untrained):
+    """Decided from the graph (attention, patch tokens), not from a family label: relabelling a CNN as a
+    'vit' changes nothing, a real ViT is refused with one line."""
+    relabelled = dataclasses.replace(lite0, name="vit_tiny_patch16_224", family="vit")
+    assert METHODS["srd"].supports(relabelled)
+    vit = untrained("vit_tiny_patch16_224")
+    with pytest.raises(UnsupportedModel, match="SRD needs a convolutional network") as err:
         explain(vit, torch.zeros(1, 3, 224, 224), "srd")
-    with pytest.raises(UnsupportedModel, match="convolutional networks"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(UnsupportedModel, match="convolutional grid"):
         srd.erf(vit, torch.zeros(1, 3, 224, 224), "low", (0, 0))
 
 
