@@ -123,7 +123,7 @@ def erf_speed(bundle: ModelBundle, positions: int = 49, layer: str = "low", repe
               method: str = "auto") -> str:
     """Seconds for the SRD ERFs of ``positions`` PFVs of one layer of one image, end to end (forward pass,
     sharing-ratio stencils, the batched maps), against one forward pass; a markdown table."""
-    from . import srd
+    from .methods import srd
 
     x = sample_batch(bundle, 1)
     fwd = forward_seconds(bundle, x, repeat)

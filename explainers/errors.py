@@ -57,3 +57,7 @@ class InvalidDataset(ExplainerError):
 
 class ConfigError(ExplainerError):
     """A mistake in relevance-explorer.toml: an unknown key, a missing file, a wrong class count."""
+
+
+class RelevanceNotPropagated(ExplainerError):
+    """A backward walk placed relevance but none of it reached the network input (instead of an all-zero map)."""

@@ -70,7 +70,7 @@ CONSERVING = {"resnet-lrp": 1e-4}
 # rule sets, SRD's sharing ratios).  The engine's result accessors (``Propagation.traces`` / ``layers``, run
 # once after the walk to hand the totals to the caller) and the method modules' packaging are listed too but
 # not flagged: copying the result to the host is the point of the call.
-ENGINE_PATHS = (os.path.join("explainers", "propagation", ""), os.path.join("explainers", "srd.py"))
+ENGINE_PATHS = (os.path.join("explainers", "propagation", ""), os.path.join("explainers", "methods", "srd", ""))
 RESULT_FUNCTIONS = frozenset({"traces", "layers"})
 SYNC_MESSAGE = "synchronizing CUDA operation"  # torch's warning text in sync debug mode "warn"
 

@@ -5,7 +5,7 @@
 3. Its effective receptive field (App. C), its nearest PFVs over the gallery and this session's uploads,
    each shown as its own ERF-weighted crop (App. A, Fig. 5 top), and its sub-concepts: the PFVs of the
    previous non-linear layer with the largest sharing ratios, each explorable in turn (Fig. 5 bottom).
-All computation is in ``explainers.srd``; this page reads widgets, caches and renders.
+All computation is in ``explainers.methods.srd``; this page reads widgets, caches and renders.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from explainers import ExplainerError, render, srd
+from explainers import ExplainerError, render
 from explainers.images import image_hash
-from explainers.propagation.srd import BIAS_SHARES, STARTS
+from explainers.methods import srd
+from explainers.methods.srd import BIAS_SHARES, STARTS
 from pages import common
 
 ctx = common.require_context()

@@ -110,7 +110,7 @@ def test_call_sites_are_classified_engine_or_not():
     # handing the totals to the caller after the walk is not a sync inside the propagation
     result = traceback.FrameSummary(f"{root}/explainers/propagation/engine.py", 96, "traces")
     assert gpu_check.call_site([registry, result, lib])[1] is False
-    srd = traceback.FrameSummary(f"{root}/explainers/srd.py", 300, "erf")
+    srd = traceback.FrameSummary(f"{root}/explainers/methods/srd/explore.py", 300, "erf")
     assert gpu_check.call_site([srd, lib])[1] is True
 
 

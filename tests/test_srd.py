@@ -16,16 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers import METHODS, UnsupportedModel, explain, explain_batch, srd
+from explainers import METHODS, UnsupportedModel, explain, explain_batch
 from explainers.images import GALLERY, image_hash
+from explainers.methods import srd
+from explainers.methods.srd.rules import SRDRules, conv_backward, srd_graph
+from explainers.methods.srd.stencils import compile_stencils, probe_stencils
 from explainers.propagation import build_graph, forward
-from explainers.propagation.srd import (
-    SRDRules,
-    compile_stencils,
-    conv_backward,
-    probe_stencils,
-    srd_graph,
-)
 
 
 def _double(bundle, random_biases: bool = False):

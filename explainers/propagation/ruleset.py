@@ -1,9 +1,11 @@
 """What a rule set must say to the walker (DESIGN.md, "One engine, many rules").
 
 A rule set is the whole difference between LRP, ResNet-LRP, absLRP and SRD.  The walker
-(:func:`~explainers.propagation.engine.propagate`) asks it four things and nothing else:
+(:func:`~explainers.propagation.engine.walk`, through :func:`~explainers.propagation.engine.propagate`) asks it
+these things and nothing else:
 
-- ``start_relevance(logits, targets)``: what to place at the output;
+- ``seeds(graph, env, logits, targets)``: where the walk starts and with what relevance; by default
+  ``start_relevance(logits, targets)`` at the logits (SRD places its Eq. 4 map at the encoder output instead);
 - ``backward(op, R)``: the relevance of each data input of one node from the relevance of its output
   (the default dispatches to ``rule_<kind>``: conv, linear, bn, act, pass, maxpool, avgpool, mean,
   reshape, add, and the transformer kinds);
@@ -93,10 +95,19 @@ class RuleSet(abc.ABC):
     """The interface every propagation method's rule set implements (see the module docstring)."""
 
     rescale_kinds: frozenset[str] = frozenset()
+    # The walker may drop each forward value once its node is walked; False for rule sets whose rules read
+    # values of nodes already walked (SRD divides a conv's relevance by its folded BN's output).
+    releases_values: bool = True
 
     @abc.abstractmethod
     def start_relevance(self, logits: Tensor, targets: Tensor) -> Tensor:
         """[B, classes] relevance placed at the output for these targets."""
+
+    def seeds(self, graph: PropGraph, env: dict[fx.Node, Any], logits: Tensor,
+              targets: Tensor) -> dict[fx.Node, Tensor]:
+        """node -> relevance of its value where the walk starts (after one forward, ``env``).  Default: the
+        start relevance at the logits."""
+        return {graph.output: self.start_relevance(logits, targets).to(logits.dtype)}
 
     def keeps(self, graph: PropGraph) -> frozenset[fx.Node]:
         """Forward values this rule set reads beyond ``graph.keep``; the forward keeps them alive and out of

@@ -1,64 +1,44 @@
-"""SRD beyond one heatmap: maps at any layer, the ERF of any pointwise feature vector, nearest PFVs over a
-gallery, and sub-concepts (Han, Kim, Kwak, ICLR 2024; shared/papers/srd.txt Sec. 3, App. A and C).
+"""SRD beyond one heatmap: maps at any layer, the ERF of any pointwise feature vector and sub-concepts
+(Han, Kim, Kwak, ICLR 2024; Sec. 3, App. A and C), all through the one walker.
 
-Everything here works on one kept forward pass (:class:`Pass`) and the SRD rules of
-``explainers.propagation.srd``; relevance is linear in the relevance placed at any layer once the
-forward pass is fixed, so many ERFs are one backward walk with a batch of one-hot starts.
+- :func:`srd_maps`: relevance maps at the encoder output (``low``), the stride-8 stage (``high``), the pixels
+  (``input``) or any named non-linear layer, from one propagation (the ``srd`` method uses it).
+- :class:`Pass` / :func:`forward_pass`: one kept forward pass, for repeated walks seeded at inner layers:
+  :meth:`Pass.erf` (App. C: input relevance of PFVs started with relevance 1; sums to 1, zero outside the
+  receptive field) and :meth:`Pass.subconcepts` (App. A, Fig. 5 bottom: the walk stops at the previous
+  non-linear layer(s)).
+- :func:`erf_crop` / :func:`neighbour_views`: a PFV shown as the crop of its ERF's bounding box, enlarged.
 
-- :func:`srd_maps`: relevance maps at the encoder output (``low``), the stride-8 stage (``high``), the
-  pixels (``input``) or any named non-linear layer, from one propagation (the ``srd`` method uses it).
-- :func:`erf`: input-level relevance of one or many PFVs started with relevance 1 (App. C: equal to the
-  forward ERF of Eqs. 1-2); it sums to 1 and is zero outside the PFV's receptive field.
-- :func:`subconcepts`: the PFVs of the previous non-linear layer(s) that make up a PFV, by sharing ratio
-  (App. A, Fig. 5 bottom).
-- :class:`PFVIndex` / :func:`build_index`: the PFVs of one layer over the gallery and uploads, cached on
-  disk per model + layer + image; :meth:`PFVIndex.nearest_pfvs` by cosine similarity (App. A, Fig. 5 top).
-- :func:`erf_crop`: a neighbour shown as its image crop weighted by its own ERF.
-
-The PFVs indexed and compared are the *pre-activation* vectors ``v_j`` (the paper's unit: Sec. 3.2 and
-App. F show the inactive neurons carry information).  No Streamlit here.
+The PFVs compared are the *pre-activation* vectors ``v_j`` (Sec. 3.2 and App. F).  No Streamlit here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .errors import InvalidOption, UnsupportedModel
-from .guard import model_guard
-from .images import GALLERY, image_hash, load_image
-from .models import ModelBundle
-from .progress import report
-from .propagation import build_graph, forward, propagate
-from .propagation.graph import PropGraph
-from .propagation.srd import (
-    BIAS_SHARES,
-    STARTS,
-    Geometry,
-    SRDGraph,
-    SRDRules,
-    Stencil,
-    compile_stencils,
-    descendants,
-    geometry,
-    srd_graph,
-    walk,
-)
+from ...errors import InvalidOption, UnsupportedModel
+from ...guard import model_guard
+from ...images import load_image
+from ...models import ModelBundle
+from ...propagation import build_graph, forward, propagate
+from ...propagation.engine import Maps, walk
+from ...propagation.graph import PropGraph
+from .rules import BIAS_SHARES, STARTS, SRDGraph, SRDRules, srd_graph
+from .stencils import Geometry, Stencil, compile_stencils, geometry, srd_sources
+
+if TYPE_CHECKING:
+    from .index import Neighbour
 
 Tensor = torch.Tensor
 
 RESOLUTIONS = ("input", "high", "low")
-CACHE_ENV = "RELEVANCE_EXPLORER_CACHE"
 
 
 def check_supported(bundle: ModelBundle) -> None:
@@ -168,6 +148,7 @@ class SRDMaps:
     targets: Tensor
     start_total: Tensor  # [B] sum of the start relevance (Eq. 4) at the encoder output
     totals: list[tuple[str, Tensor, bool]]  # (layer, [B] relevance total, is a cut) output -> input
+    propagation: Any = None  # the walker's record (every node's relevance total: ``Explanation.layers``)
 
     def upsampled(self, name: str, size: tuple[int, int]) -> Tensor:
         """Bilinear to ``size`` for display (the raw grid stays in ``maps``)."""
@@ -200,28 +181,25 @@ def srd_maps(bundle: ModelBundle, x: Tensor, target: Tensor | int | None = None,
         target = torch.full((x.shape[0],), target, dtype=torch.long)
     targets = target.to(x.device) if target is not None else None
     to_input = any(n is None for n in nodes.values())
-    needed = None if to_input else descendants(graph, [n for n in nodes.values() if n is not None])
-    rules = SRDRules(info=info, srd_start=start, bias_share=bias_share, needed=needed)
+    until = None if to_input else [n for n in nodes.values() if n is not None]
+    rules = SRDRules(info=info, srd_start=start, bias_share=bias_share)
+    recorded = Maps()
     with model_guard(bundle, requires_grad=False) as model:
-        prop = propagate(model, x, targets, rules, model_name=bundle.label)
+        prop = propagate(model, x, targets, rules, model_name=bundle.label, until=until, recorders=[recorded])
     if targets is None:
         targets = prop.logits.argmax(-1)
     targets = torch.where(targets < 0, prop.logits.argmax(-1), targets)
     maps: dict[str, Tensor] = {}
     for name, node in nodes.items():
-        if node is None:
-            maps[name] = (x * prop.relevance).sum(1)
-        else:
-            maps[name] = rules.maps[node]
-    assert rules.start_maps is not None
-    start_total = rules.start_maps.flatten(1).sum(1)
-    totals = [(info.names[n], rules.maps[n].flatten(1).sum(1), n in info.cuts)
-              for n in reversed(info.acts) if n in rules.maps]
+        maps[name] = prop.relevance.sum(1) if node is None else recorded.maps[node]
+    start_total = prop.start
+    totals = [(info.names[n], recorded.maps[n].flatten(1).sum(1), n in info.cuts)
+              for n in reversed(info.acts) if n in recorded.maps]
     if to_input:
         totals.append(("input", maps[next(k for k, v in nodes.items() if v is None)].flatten(1).sum(1), True))
     names = {k: ("input" if v is None else info.names[v]) for k, v in nodes.items()}
     return SRDMaps(maps=maps, layer_names=names, logits=prop.logits, targets=targets, start_total=start_total,
-                   totals=totals)
+                   totals=totals, propagation=prop)
 
 
 # --------------------------------------------------------------------------- one kept forward pass
@@ -285,7 +263,7 @@ class Pass:
 
         ``walk``: one backward walk with a batch of P one-hot starts (cost ~ P backward passes).
         ``stencils``: every sharing ratio of every layer below, compiled once per forward pass
-        (:func:`~explainers.propagation.srd.compile_stencils`, cost ~ a few backward passes), then P maps are
+        (:func:`~explainers.methods.srd.stencils.compile_stencils`, cost ~ a few backward passes), then P maps are
         folds of tiny single-channel maps.  ``auto``: stencils from 8 positions on, or when compiled."""
         n = self.node(layer)
         h, w = self.env[n].shape[-2:]
@@ -299,9 +277,9 @@ class Pass:
             return self._erf_stencils(n, seeds[:, 0], bias_share)
         rules = SRDRules(info=self.info, bias_share=bias_share, cache=self._cache(bias_share))
         with torch.no_grad(), model_guard(self.bundle, requires_grad=False):
-            g = walk(self.graph, self.env, rules, {n: seeds})
-        assert g is not None
-        return (self.x * g).sum(1)
+            walked = walk(self.graph, self.env, rules, {n: seeds})
+        assert walked.relevance is not None  # the walker raises RelevanceNotPropagated otherwise
+        return walked.relevance.sum(1)
 
     def _cache(self, bias_share: str) -> dict:
         return self.cache.setdefault(bias_share, {})
@@ -342,12 +320,15 @@ class Pass:
         r, c = self._check(n, position)
         seed = torch.zeros(1, 1, h, w, dtype=self.x.dtype, device=self.x.device)
         seed[0, 0, r, c] = 1.0
-        rules = SRDRules(info=self.info, bias_share=bias_share, stop_at_sources=True, cache=self._cache(bias_share))
+        rules = SRDRules(info=self.info, bias_share=bias_share, cache=self._cache(bias_share))
+        recorded = Maps()
         with torch.no_grad(), model_guard(self.bundle, requires_grad=False):
-            g = walk(self.graph, self.env, rules, {n: seed})
-        sources: list[tuple[str, Tensor]] = [(self.info.names[m], R[0]) for m, R in rules.maps.items() if m is not n]
-        if g is not None:
-            sources.append(("input", (self.x * g).sum(1)[0]))
+            walked = walk(self.graph, self.env, rules, {n: seed}, stop=srd_sources(self.graph, self.info, n),
+                          recorders=[recorded])
+        sources: list[tuple[str, Tensor]] = [(self.info.names[m], R[0]) for m, R in recorded.maps.items()
+                                             if m is not n]
+        if walked.relevance is not None:
+            sources.append(("input", walked.relevance.sum(1)[0]))
         found = []
         for name, R in sources:
             flat = R.flatten()
@@ -396,134 +377,6 @@ def subconcepts(bundle: ModelBundle, x: Tensor, layer: str, position: tuple[int,
                 bias_share: str = "norm") -> list[SubConcept]:
     return forward_pass(bundle, x).subconcepts(layer, position, top, bias_share)
 
-
-# --------------------------------------------------------------------------- PFV index over a gallery
-
-
-def cache_dir() -> Path:
-    """``$RELEVANCE_EXPLORER_CACHE``, else ``$XDG_CACHE_HOME/relevance-explorer`` (``~/.cache/...``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "relevance-explorer"
-
-
-def model_fingerprint(bundle: ModelBundle) -> str:
-    """Name, weights and a hash of the first and last parameter tensors: an untrained model (random
-    weights, different each load) never reads another's index."""
-    h = hashlib.sha256(f"{bundle.name}|{bundle.weights_source}|{bundle.trained}|{bundle.input_size}".encode())
-    params = list(bundle.model.parameters())
-    for p in (params[0], params[-1]):
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return f"{bundle.name}-{h.hexdigest()[:16]}"
-
-
-def gallery_items() -> list[tuple[str, bytes]]:
-    """The built-in gallery as (file name, PNG bytes)."""
-    return [(f"{k}.png", item.png_bytes()) for k, item in GALLERY.items()]
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """One indexed PFV near a query."""
-
-    image_key: str  # image hash
-    image_name: str
-    layer: str
-    position: tuple[int, int]
-    similarity: float  # cosine
-
-
-@dataclass
-class PFVIndex:
-    """Unit-normalised pre-activation PFVs of one layer over a set of images."""
-
-    layer: str
-    vectors: Tensor  # [N, C] float32, unit norm
-    image: Tensor  # [N] index into image_keys
-    position: Tensor  # [N, 2] (row, col)
-    image_keys: list[str]
-    image_names: list[str]
-    grids: list[tuple[int, int]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.vectors.shape[0])
-
-    def nearest_pfvs(self, query: Tensor, k: int = 3, exclude_image: str | None = None) -> list[Neighbour]:
-        """The k indexed PFVs most cosine-similar to ``query`` (a [C] vector), best first; optionally
-        leaving out one image (App. A looks at *other* samples' PFVs)."""
-        q = query.detach().float().cpu().flatten()
-        if q.shape[0] != self.vectors.shape[1]:
-            raise InvalidOption(f"query has {q.shape[0]} channels, the {self.layer} index {self.vectors.shape[1]}")
-        sims = self.vectors @ (q / q.norm().clamp_min(1e-12))
-        if exclude_image is not None and exclude_image in self.image_keys:
-            sims = sims.masked_fill(self.image == self.image_keys.index(exclude_image), float("-inf"))
-        k = min(k, int(torch.isfinite(sims).sum()))
-        vals, idx = sims.topk(k) if k > 0 else (sims[:0], sims[:0].long())
-        out = []
-        for s, i in zip(vals.tolist(), idx.tolist()):
-            img = int(self.image[i])
-            out.append(Neighbour(self.image_keys[img], self.image_names[img], self.layer,
-                                 (int(self.position[i, 0]), int(self.position[i, 1])), float(s)))
-        return out
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def build_index(bundle: ModelBundle, layer: str, images: Sequence[tuple[str, bytes]] | None = None,
-                cache: Path | str | None = None, progress: Callable[[float, str], None] | None = None) -> PFVIndex:
-    """The PFVs of ``layer`` for every image ((name, bytes); default: the gallery), each image's vectors
-    read from / written to ``<cache>/srd-index/<model fingerprint>/<layer>/<image hash>.pt``."""
-    check_supported(bundle)
-    items = list(images) if images is not None else gallery_items()
-    root = Path(cache) if cache is not None else cache_dir()
-    graph, info = _graph(bundle)
-    size = (bundle.input_size, bundle.input_size)
-    node = resolve_layer(graph, info, layer, size)
-    if node is None:
-        raise InvalidOption("The PFV index needs a non-linear layer, not the input.")
-    name = info.names[node]
-    folder = root / "srd-index" / model_fingerprint(bundle) / _safe(name)
-    vecs, imgs, poss, keys, names, grids = [], [], [], [], [], []
-    for k, (img_name, data) in enumerate(items):
-        key = image_hash(data)
-        if key in keys:
-            continue
-        fraction = k / max(len(items), 1)
-        (progress or report)(fraction, f"indexing {img_name}")
-        path = folder / f"{key}.pt"
-        stored = None
-        if path.is_file():
-            try:
-                stored = torch.load(path, weights_only=True)
-            except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
-                stored = None
-        if stored is None:
-            x = bundle.preprocess(load_image(data, name=img_name))
-            p = forward_pass(bundle, x)
-            stored = {"pfv": p.vectors(name).float().cpu(), "grid": torch.tensor(p.grid(name))}
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(stored, tmp)
-            os.replace(tmp, path)
-        pfv, grid = stored["pfv"], tuple(int(v) for v in stored["grid"])
-        idx = len(keys)
-        keys.append(key)
-        names.append(img_name)
-        grids.append(grid)
-        vecs.append(pfv)
-        imgs.append(torch.full((pfv.shape[0],), idx, dtype=torch.long))
-        rr, cc = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-        poss.append(torch.stack([rr.flatten(), cc.flatten()], 1))
-    (progress or report)(1.0, "index ready")
-    vectors = torch.cat(vecs) if vecs else torch.zeros(0, 1)
-    vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return PFVIndex(layer=name, vectors=vectors, image=torch.cat(imgs) if imgs else torch.zeros(0, dtype=torch.long),
-                    position=torch.cat(poss) if poss else torch.zeros(0, 2, dtype=torch.long), image_keys=keys,
-                    image_names=names, grids=grids)
 
 
 # --------------------------------------------------------------------------- showing an ERF
@@ -601,3 +454,4 @@ def neighbour_views(bundle: ModelBundle, neighbours: Sequence[Neighbour], images
         for k, e in zip(ks, erfs):
             out[k] = NeighbourView(neighbours[k], erf_crop(shown, e), e.float().cpu())
     return [out[k] for k in range(len(neighbours))]
+

@@ -1,7 +1,7 @@
 """SRD, Sharing Ratio Decomposition (Han, Kim, Kwak, ICLR 2024), as an ``explain()`` method.
 
-The computation lives in ``explainers/propagation/srd.py`` (rules on the propagation engine) and
-``explainers/srd.py`` (maps at any layer, ERFs, nearest PFVs, sub-concepts).  Here: options and the
+The computation lives in this package (``rules``: the rule set of the one walker; ``stencils``; ``explore``:
+maps at any layer, ERFs, sub-concepts; ``index``: nearest PFVs).  Here: options and the
 map at the chosen resolution, upsampled bilinearly to the input size for display; the raw grid is kept in
 ``extras['grid']`` and ``native_resolution``.
 """
@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from .. import srd
-from ..models import ModelBundle
-from ..propagation import NodeTotal, PropagationTrace
-from ..propagation.srd import BIAS_SHARES, STARTS
-from ..registry import MethodOutput, MethodSpec, Option, register
+from ...models import ModelBundle
+from ...registry import MethodOutput, MethodSpec, Option, register
+from . import explore as srd
+from .rules import BIAS_SHARES, STARTS
 
 
 def _run(bundle: ModelBundle, x: torch.Tensor, targets: torch.Tensor, opts: dict[str, Any]) -> MethodOutput:
@@ -26,10 +25,8 @@ def _run(bundle: ModelBundle, x: torch.Tensor, targets: torch.Tensor, opts: dict
     size = (x.shape[-2], x.shape[-1])
     attribution = res.upsampled(layer, size)
     B = x.shape[0]
-    layers = [[(name, float(t[b])) for name, t, _ in res.totals] for b in range(B)]
-    traces = [PropagationTrace(start=float(res.start_total[b]),
-                               nodes=[NodeTotal(name, "act" if name != "input" else "input", float(t[b]), cut)
-                                      for name, t, cut in res.totals]) for b in range(B)]
+    prop = res.propagation  # every node's relevance total, computed by the walker
+    layers, traces = prop.layers(), prop.traces()
     return MethodOutput(
         attribution=attribution, native_resolution=(int(grid.shape[-2]), int(grid.shape[-1])), layers=layers,
         trace=traces, logits=res.logits,

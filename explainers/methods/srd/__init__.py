@@ -1,0 +1,39 @@
+"""SRD, Sharing Ratio Decomposition (Han, Kim, Kwak, ICLR 2024): the whole method family in one package.
+
+- :mod:`.rules`: SRD's rule set for the one walker (a sibling of LRP's and absLRP's) and its local steps;
+- :mod:`.stencils`: receptive-field geometry and sharing-ratio stencils (many ERFs at once);
+- :mod:`.explore`: maps at any layer, one kept forward pass, ERFs, sub-concepts, ERF crops;
+- :mod:`.index`: the nearest-PFV index over the gallery, uploads or a dataset;
+- :mod:`.method`: registers the ``srd`` method (importing this package registers it).
+"""
+
+from . import method as _method  # noqa: F401  (registers the method)
+from .explore import (
+    RESOLUTIONS,
+    SRD_FAMILIES,
+    LayerInfo,
+    NeighbourView,
+    Pass,
+    SRDMaps,
+    SubConcept,
+    check_supported,
+    erf,
+    erf_box,
+    erf_crop,
+    erf_weighted,
+    forward_pass,
+    layers,
+    neighbour_views,
+    resolve_layer,
+    srd_maps,
+    subconcepts,
+)
+from .index import CACHE_ENV, Neighbour, PFVIndex, build_index, cache_dir, gallery_items, model_fingerprint
+from .rules import BIAS_SHARES, STARTS, SRDRules, srd_graph
+
+__all__ = [
+    "BIAS_SHARES", "CACHE_ENV", "RESOLUTIONS", "SRD_FAMILIES", "STARTS", "LayerInfo", "Neighbour", "NeighbourView",
+    "PFVIndex", "Pass", "SRDMaps", "SRDRules", "SubConcept", "build_index", "cache_dir", "check_supported", "erf",
+    "erf_box", "erf_crop", "erf_weighted", "forward_pass", "gallery_items", "layers", "model_fingerprint",
+    "neighbour_views", "resolve_layer", "srd_graph", "srd_maps", "subconcepts",
+]
