@@ -10,7 +10,6 @@
 from . import method as _method  # noqa: F401  (registers the method)
 from .explore import (
     RESOLUTIONS,
-    SRD_FAMILIES,
     LayerInfo,
     NeighbourView,
     Pass,
@@ -32,7 +31,7 @@ from .index import CACHE_ENV, Neighbour, PFVIndex, build_index, cache_dir, galle
 from .rules import BIAS_SHARES, STARTS, SRDRules, srd_graph
 
 __all__ = [
-    "BIAS_SHARES", "CACHE_ENV", "RESOLUTIONS", "SRD_FAMILIES", "STARTS", "LayerInfo", "Neighbour", "NeighbourView",
+    "BIAS_SHARES", "CACHE_ENV", "RESOLUTIONS", "STARTS", "LayerInfo", "Neighbour", "NeighbourView",
     "PFVIndex", "Pass", "SRDMaps", "SRDRules", "SubConcept", "build_index", "cache_dir", "check_supported", "erf",
     "erf_box", "erf_crop", "erf_weighted", "forward_pass", "gallery_items", "layers", "model_fingerprint",
     "neighbour_views", "resolve_layer", "srd_graph", "srd_maps", "subconcepts",

@@ -43,7 +43,7 @@ RESOLUTIONS = ("input", "high", "low")
 
 def check_supported(bundle: ModelBundle) -> None:
     """SRD decomposes pointwise feature vectors on a convolutional grid; transformers have none."""
-    from .capabilities import CONV_PROPAGATION, capabilities_of
+    from ...capabilities import CONV_PROPAGATION, capabilities_of
 
     caps = capabilities_of(bundle)
     if not CONV_PROPAGATION.met(caps):
