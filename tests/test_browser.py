@@ -41,11 +41,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def project(tmp_path_factory) -> Path:
+    """A user's project (tests/project.py: the factory CNN 'fruitnet', the labelled 'fruit' dataset with one
+    corrupt file) plus a 'review' dataset of two gallery pictures; the server reads it from its project file."""
+    from tests.project import make_project
+
+    toml = make_project(tmp_path_factory.mktemp("project"))
+    review = toml.parent / "data" / "review"
+    review.mkdir(parents=True)
+    for key in ("coffee", "chelsea"):
+        (review / f"{key}.png").write_bytes(GALLERY[key].png_bytes())
+    toml.write_text(toml.read_text() + '\n[datasets.review]\npath = "data/review"\n')
+    return toml
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, project):
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "RELEVANCE_EXPLORER_DB": str(tmp_path_factory.mktemp("db") / "store.sqlite")}
+           "RELEVANCE_EXPLORER_DB": str(tmp_path_factory.mktemp("db") / "store.sqlite"),
+           "RELEVANCE_EXPLORER_CONFIG": str(project)}
+    env.pop("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", None)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -165,13 +182,25 @@ def open_page(page, title: str) -> None:
     page.get_by_role("heading", name=title).first.wait_for()
 
 
-def review_folder(page, folder: Path) -> None:
-    page.get_by_text("Folder", exact=True).click()
-    box = page.get_by_label("Folder with images")
-    box.fill(str(folder))
-    box.press("Enter")
+def select(page, scope: str, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label`` inside ``scope`` (a CSS selector), as a user does."""
+    box = page.locator(f'{scope} [data-testid="stSelectbox"]').filter(has=page.get_by_text(label, exact=True))
+    box.first.click()
+    page.get_by_role("option", name=option).first.click()
     wait_idle(page)
-    page.get_by_role("button", name="Review 2 images", exact=False).click()
+
+
+MAIN, SIDEBAR = '[data-testid="stMain"]', '[data-testid="stSidebar"]'
+
+
+def review_dataset(page, dataset: str, count: int) -> None:
+    """Failure review on a registered dataset (no server path is typed: the app was started without the flag)."""
+    main = page.locator(MAIN)
+    assert main.get_by_text("Folder", exact=True).count() == 0
+    main.get_by_text("Dataset", exact=True).click()
+    wait_idle(page)
+    select(page, MAIN, "Dataset", dataset)
+    page.get_by_role("button", name=f"Review {count} images", exact=False).click()
     wait_idle(page)
 
 
@@ -248,13 +277,10 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
         no_exception(page)
         page.screenshot(path=str(shots / shot), full_page=True)
 
-    # 7. failure review on a folder of two pictures: label the worst image, reload, and the label is still there
-    folder = tmp_path / "review"
-    folder.mkdir()
-    for key in ("coffee", "chelsea"):
-        (folder / f"{key}.png").write_bytes(GALLERY[key].png_bytes())
+    # 7. failure review on a registered dataset of two pictures: label the worst image, reload, and the label is
+    # still there
     open_page(page, "Failure review")
-    review_folder(page, folder)
+    review_dataset(page, "review", 2)
     wait_idle(page)
     page.get_by_text("Current label").or_(page.get_by_text("Save label")).first.wait_for(timeout=480_000)
     no_exception(page)
@@ -267,7 +293,29 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
 
     page.reload()
     page.get_by_role("heading", name="Failure review").wait_for()
-    review_folder(page, folder)
+    review_dataset(page, "review", 2)
     wait_idle(page)
     page.get_by_text("browser test label").first.wait_for(timeout=480_000)
     no_exception(page)
+
+    # 8. a registered custom model on a registered labelled dataset: Compare with its own labels and the true class,
+    # then the Failure review with correctness against the true labels (the corrupt file reported and skipped)
+    select(page, SIDEBAR, "Model", "fruitnet (project)")
+    page.get_by_text("UNTRAINED model", exact=False).first.wait_for()
+    page.locator(SIDEBAR).get_by_text("Dataset", exact=True).click()
+    wait_idle(page)
+    page.locator(SIDEBAR).get_by_text("True class", exact=False).first.wait_for()
+    open_page(page, "Compare")
+    wait_map(page, "gradcam")
+    sidebar = page.locator(SIDEBAR)
+    assert sidebar.get_by_text(re.compile(r"(apple|banana|cherry) \(\d+\.\d%\)")).count() == 3  # its own top-3
+    assert sidebar.get_by_text(re.compile(r"True class apple")).count() >= 1
+    no_exception(page)
+    page.screenshot(path=str(shots / "own-model-dataset.png"), full_page=True)
+    open_page(page, "Failure review")
+    review_dataset(page, "fruit", 13)
+    page.get_by_text(re.compile(r"\d+ wrong predictions, \d+ right for the wrong reasons")).first.wait_for(
+        timeout=480_000)
+    assert page.get_by_text("broken.png", exact=False).count() >= 1
+    no_exception(page)
+    page.screenshot(path=str(shots / "failure-review-dataset.png"), full_page=True)
