@@ -57,3 +57,7 @@ class InvalidDataset(ExplainerError):
 
 class ConfigError(ExplainerError):
     """A mistake in relevance-explorer.toml: an unknown key, a missing file, a wrong class count."""
+
+
+class StoreError(ExplainerError):
+    """The label/result store cannot be used as asked: locked, read-only, a bad import file (see store.py)."""

@@ -232,7 +232,8 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
         options = [i for i, _, _ in top5]
         probs = {i: p for i, _, p in top5}
         return st.radio("Explain", options, key="target_top5",
-                        format_func=lambda i: f"{short_name(bundle.class_names[i])} ({probs[i]:.1%})")
+                        format_func=lambda i: f"{short_name(bundle.class_names[i])}"
+                        + ("" if probs.get(i) is None else f" ({probs.get(i):.1%})"))
     query = st.text_input("Class name or index", key="target_query", placeholder="e.g. espresso or 967")
     if not query.strip():
         st.info("Type a class name or index.")
