@@ -19,6 +19,7 @@ from explainers import ExplainerError, Explanation, MethodSpec, Option
 from explainers.classes import find_classes, resolve_target, short_name
 from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
+from explainers.redact import public
 
 UNTRAINED = "untrained (architecture only)"
 
@@ -143,10 +144,11 @@ def untrained_warning(bundle: explainers.ModelBundle, what: str = "These maps ex
 
 def show_error(exc: Exception) -> None:
     """A user-caused error as a friendly message; anything else as a short error with details folded."""
+    # public(): a remote browser sees file names, never the server's absolute paths
     if isinstance(exc, ExplainerError):
-        st.error(str(exc), icon=":material/error:")
+        st.error(public(str(exc)), icon=":material/error:")
     else:
-        st.error(f"Something went wrong: {type(exc).__name__}: {exc}", icon=":material/bug_report:")
+        st.error(public(f"Something went wrong: {type(exc).__name__}: {exc}"), icon=":material/bug_report:")
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -155,7 +157,7 @@ def show_error(exc: Exception) -> None:
 def _fail(exc: Exception) -> None:
     """Show a sidebar problem in the sidebar and remember it for the page's main area."""
     show_error(exc)
-    st.session_state["ctx_problem"] = str(exc)
+    st.session_state["ctx_problem"] = public(str(exc))
     return None
 
 
@@ -179,7 +181,7 @@ def sidebar() -> Context | None:
         row = rows[name]
         weights = "default"
         if not row["available"] and MODEL_SPECS[name].source != "embedded":
-            st.warning(f"No trained weights for {name} on this machine (expected at `{row['where']}`; "
+            st.warning(f"No trained weights for {name} on this machine (expected at `{public(row['where'])}`; "
                        "a download is tried when online).", icon=":material/warning:")
             choice = st.radio("Weights", ["try trained weights", UNTRAINED], key="weights_choice", index=1)
             weights = "untrained" if choice == UNTRAINED else "default"
@@ -191,7 +193,7 @@ def sidebar() -> Context | None:
             st.error("UNTRAINED model: random weights, architecture only. Its predictions and maps "
                      "say nothing about a trained network.", icon=":material/science:")
         else:
-            st.caption(f"Weights: {bundle.weights_source}")
+            st.caption(f"Weights: {public(bundle.weights_source)}")
 
         source = st.radio("Image", ["Gallery", "Upload"], horizontal=True, key="image_source")
         if source == "Upload":
