@@ -7,6 +7,7 @@ and ``explainers``, and render.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 import explainers
 from explainers import ExplainerError, Explanation, MethodSpec, Option
+from explainers.cache import ByteLRU
 from explainers.classes import find_classes, resolve_target, short_name
 from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
@@ -54,20 +56,32 @@ def model_table() -> list[dict[str, Any]]:
     return [r.__dict__ for r in explainers.list_models()]
 
 
-@st.cache_data(max_entries=32)
+@st.cache_data(max_entries=32, max_size="256MB")  # bytes, not only entries: one 50 MP upload decodes to 150 MB
 def decode(data: bytes, name: str) -> Image.Image:
     return load_image(data, name=name)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+MAP_CACHE_MB = int(os.environ.get("RELEVANCE_EXPLORER_MAP_CACHE_MB", "256"))
+
+
+@st.cache_resource
+def map_cache() -> ByteLRU:
+    """One byte-bounded map cache for the server (explainers/cache.py), shared by every session."""
+    return ByteLRU(MAP_CACHE_MB * 2**20)
+
+
 def cached_explanation(image_key: str, model_key: str, method: str, target: int, options_json: str,
                        _bundle: explainers.ModelBundle, _x: torch.Tensor) -> Explanation:
     """Relevance is computed once per image hash + model + method + target + options.
 
     Display-only controls (opacity, colormap, quantisation bins) are not part of
-    the key, so moving them re-renders from this cached raw map.
+    the key, so moving them re-renders from this cached raw map.  The cache is bounded in bytes
+    (not st.cache_data: that pickles a copy per hit and counted only entries) and shares one
+    read-only result between sessions; sessions asking for the same map at once compute it once.
     """
-    return explainers.explain(_bundle, _x, method, target=target, **json.loads(options_json))
+    return map_cache().get_or_compute(
+        (image_key, model_key, method, target, options_json),
+        lambda: explainers.explain(_bundle, _x, method, target=target, **json.loads(options_json)))
 
 
 def explanation(ctx: Context, method: str, options: dict[str, Any], target: int | None = None) -> Explanation:
