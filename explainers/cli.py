@@ -297,6 +297,22 @@ def _print_per_class(rows, images: str, bundle) -> None:
     print("\naccuracy per true class: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy(rows, truth).items()))
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    """Failure labels: export (the whole history), import (merges, never duplicates), backup (issue 17)."""
+    from .store import Store
+
+    store = Store(args.db)  # a damaged store is moved aside here, with one warning line on stderr
+    if args.labels == "export":
+        store.export_labels(args.file)
+        print(f"{len(store.labels())} label rows written to {args.file}")
+    elif args.labels == "import":
+        added, present = store.import_labels(args.file)
+        print(f"{added} label rows added, {present} already present, from {args.file}")
+    else:
+        print(f"backup written to {store.backup()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explainers", description="Relevance Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -378,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_quality)
 
     __import__("explainers.dataset_cli", fromlist=["add_parser"]).add_parser(sub)  # issue 14: dataset pipeline
+
+
+    labels = sub.add_parser("labels", help="failure labels: export, import (merge), backup").add_subparsers(
+        dest="labels", required=True)
+    for name, what in (("export", "write every label row to FILE (.csv or .json)"),
+                       ("import", "merge the labels of FILE (.csv, .json, or a store/backup .sqlite)"),
+                       ("backup", "write a backup of the store now (SQLite online backup)")):
+        p = labels.add_parser(name, help=what)
+        if name != "backup":
+            p.add_argument("file", help="label file")
+        p.add_argument("--db", default=None, help="SQLite file (default: $RELEVANCE_EXPLORER_DB or data/...)")
+        p.set_defaults(func=cmd_labels)
     return parser
 
 

@@ -61,3 +61,7 @@ class ConfigError(ExplainerError):
 
 class RelevanceNotPropagated(ExplainerError):
     """A backward walk placed relevance but none of it reached the network input (instead of an all-zero map)."""
+
+
+class StoreError(ExplainerError):
+    """The label/result store cannot be used as asked: locked, read-only, a bad import file (see store.py)."""

@@ -7,6 +7,7 @@ and ``explainers``, and render.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,11 @@ from PIL import Image
 
 import explainers
 from explainers import ExplainerError, Explanation, MethodSpec, Option
+from explainers.cache import ByteLRU
 from explainers.classes import find_classes, resolve_target, short_name
 from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
+from explainers.redact import public
 
 UNTRAINED = "untrained (architecture only)"
 
@@ -55,20 +58,32 @@ def model_table() -> list[dict[str, Any]]:
     return [r.__dict__ for r in explainers.list_models()]
 
 
-@st.cache_data(max_entries=32)
+@st.cache_data(max_entries=32, max_size="256MB")  # bytes, not only entries: one 50 MP upload decodes to 150 MB
 def decode(data: bytes, name: str) -> Image.Image:
     return load_image(data, name=name)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+MAP_CACHE_MB = int(os.environ.get("RELEVANCE_EXPLORER_MAP_CACHE_MB", "256"))
+
+
+@st.cache_resource
+def map_cache() -> ByteLRU:
+    """One byte-bounded map cache for the server (explainers/cache.py), shared by every session."""
+    return ByteLRU(MAP_CACHE_MB * 2**20)
+
+
 def cached_explanation(image_key: str, model_key: str, method: str, target: int, options_json: str,
                        _bundle: explainers.ModelBundle, _x: torch.Tensor) -> Explanation:
     """Relevance is computed once per image hash + model + method + target + options.
 
     Display-only controls (opacity, colormap, quantisation bins) are not part of
-    the key, so moving them re-renders from this cached raw map.
+    the key, so moving them re-renders from this cached raw map.  The cache is bounded in bytes
+    (not st.cache_data: that pickles a copy per hit and counted only entries) and shares one
+    read-only result between sessions; sessions asking for the same map at once compute it once.
     """
-    return explainers.explain(_bundle, _x, method, target=target, **json.loads(options_json))
+    return map_cache().get_or_compute(
+        (image_key, model_key, method, target, options_json),
+        lambda: explainers.explain(_bundle, _x, method, target=target, **json.loads(options_json)))
 
 
 def explanation(ctx: Context, method: str, options: dict[str, Any], target: int | None = None) -> Explanation:
@@ -147,10 +162,11 @@ def untrained_warning(bundle: explainers.ModelBundle, what: str = "These maps ex
 
 def show_error(exc: Exception) -> None:
     """A user-caused error as a friendly message; anything else as a short error with details folded."""
+    # public(): a remote browser sees file names, never the server's absolute paths
     if isinstance(exc, ExplainerError):
-        st.error(str(exc), icon=":material/error:")
+        st.error(public(str(exc)), icon=":material/error:")
     else:
-        st.error(f"Something went wrong: {type(exc).__name__}: {exc}", icon=":material/bug_report:")
+        st.error(public(f"Something went wrong: {type(exc).__name__}: {exc}"), icon=":material/bug_report:")
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -159,7 +175,7 @@ def show_error(exc: Exception) -> None:
 def _fail(exc: Exception) -> None:
     """Show a sidebar problem in the sidebar and remember it for the page's main area."""
     show_error(exc)
-    st.session_state["ctx_problem"] = str(exc)
+    st.session_state["ctx_problem"] = public(str(exc))
     return None
 
 
@@ -188,7 +204,7 @@ def sidebar() -> Context | None:
         weights = "default"
         if not row["available"] and (name not in MODEL_SPECS or MODEL_SPECS[name].source != "embedded"):
             if name in MODEL_SPECS:
-                st.warning(f"No trained weights for {name} on this machine (expected at `{row['where']}`; "
+                st.warning(f"No trained weights for {name} on this machine (expected at `{public(row['where'])}`; "
                            "a download is tried when online).", icon=":material/warning:")
             else:
                 st.warning(f"{name}: relevance-explorer.toml names no checkpoint for it.", icon=":material/warning:")
@@ -202,7 +218,7 @@ def sidebar() -> Context | None:
             st.error("UNTRAINED model: random weights, architecture only. Its predictions and maps "
                      "say nothing about a trained network.", icon=":material/science:")
         else:
-            st.caption(f"Weights: {bundle.weights_source}")
+            st.caption(f"Weights: {public(bundle.weights_source)}")
 
         kinds = ["Gallery", "Upload"] + (["Dataset"] if sources.dataset_names() or sources.server_paths_allowed()
                                          else [])
@@ -274,7 +290,8 @@ def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, fl
         options = [i for i, _, _ in top5]
         probs = {i: p for i, _, p in top5}
         return st.radio("Explain", options, key="target_top5",
-                        format_func=lambda i: f"{short_name(bundle.class_names[i])} ({probs.get(i, 0.0):.1%})")
+                        format_func=lambda i: f"{short_name(bundle.class_names[i])}"
+                        + ("" if probs.get(i) is None else f" ({probs.get(i):.1%})"))
     query = st.text_input("Class name or index", key="target_query", placeholder="e.g. espresso or 967")
     if not query.strip():
         st.info("Type a class name or index.")

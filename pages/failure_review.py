@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from explainers.failures import (
 from explainers.images import load_image
 from explainers.progress import progress_callback
 from explainers.quality import quality_images
-from explainers.store import Store
+from explainers.redact import public
+from explainers.store import MAX_NOTE, MAX_WHO, Store, default_db_path
 from pages import common, sources
 
 LABEL_CHOICES = {"IA": "IA: Insufficiently Attended", "OA": "OA: Over-Attended", "WA": "WA: Wrongly Attended",
@@ -40,9 +40,14 @@ st.caption("resnet-lrp App. D.4: a map fails when its ID score (Insertion - Dele
            "(pixels above half the map's maximum); you decide.")
 
 
-@st.cache_resource
+@st.cache_resource(max_entries=4)
+def _store(path: str) -> Store:
+    return Store(path)
+
+
 def store() -> Store:
-    return Store()
+    """One Store per database file (a changed RELEVANCE_EXPLORER_DB gets its own)."""
+    return _store(str(default_db_path()))
 
 
 def run_triage(key: tuple, images: list[tuple[str, bytes]], method: str, options: dict, settings: TriageSettings):
@@ -121,16 +126,19 @@ except ExplainerError as exc:
 skipped = unreadable + list(items.skipped)
 if skipped:
     st.warning(f"Skipped {len(skipped)} file(s) that could not be decoded: "
-               + "; ".join(f"{name}: {why}" for name, why in skipped[:10]), icon=":material/warning:")
+               + public("; ".join(f"{name}: {why}" for name, why in skipped[:10])), icon=":material/warning:")
 if not items:
     st.info("None of these files could be decoded.")
     st.stop()
 
 try:
     db = store()
-except ExplainerError as exc:  # e.g. a database from before weights fingerprints
+except ExplainerError as exc:  # e.g. a database from before weights fingerprints, a locked or read-only file
     common.show_error(exc)
     st.stop()
+if db.notice and not st.session_state.get("fr_notice_seen"):  # a damaged store was moved aside on open
+    st.warning(public(db.notice), icon=":material/warning:")
+    st.session_state["fr_notice_seen"] = True
 # Labels and stored metrics belong to these exact weights, never to a display name (a second checkpoint
 # of the same architecture must not inherit them).
 model_name = bundle.fingerprint
@@ -203,15 +211,22 @@ with st.form(key=f"fr_label_{item_key}"):
                       index=list(LABEL_CHOICES).index(current.label if current else
                                                       (item.suggestion if item.failure else "none")),
                       key=f"fr_label_choice_{item_key}")
-    note = st.text_input("Note", value=current.note if current else "", key=f"fr_label_note_{item_key}")
-    who = st.text_input("Your name", value=st.session_state.get("fr_who", getpass.getuser()),
-                        key=f"fr_label_who_{item_key}")
+    note = st.text_input("Note", value=current.note if current else "", key=f"fr_label_note_{item_key}",
+                         max_chars=MAX_NOTE)
+    # No default from the server (its OS user would be shown to every remote viewer): empty until typed.
+    who = st.text_input("Your name", value=st.session_state.get("fr_who", ""), key=f"fr_label_who_{item_key}",
+                        max_chars=MAX_WHO)
     if st.form_submit_button("Save label", key=f"fr_label_save_{item_key}"):
         st.session_state["fr_who"] = who
-        db.add_label(item.image_hash, model_name, method, item.target, choice, note=note, who=who, options=compute)
-        db.put_results(item.image_hash, model_name, method, compute,
-                       {"insertion": item.insertion, "deletion": item.deletion, "id": item.id_score,
-                        "attributed_area": item.attributed_area}, image_name=item.name)
+        try:
+            db.add_label(item.image_hash, model_name, method, item.target, choice, note=note, who=who,
+                         options=compute)
+            db.put_results(item.image_hash, model_name, method, compute,
+                           {"insertion": item.insertion, "deletion": item.deletion, "id": item.id_score,
+                            "attributed_area": item.attributed_area}, image_name=item.name)
+        except ExplainerError as exc:
+            common.show_error(exc)
+            st.stop()
         st.rerun()
 
 st.subheader("Summary (as the paper's Table D)")
@@ -227,3 +242,21 @@ if counts:
                        file_name="failure_labels.csv", mime="text/csv", key="fr_csv")
 else:
     st.caption("No labels yet.")
+
+with st.expander("Back up and restore labels"):  # issue 17: labels are the user's work; nothing is lost
+    b1, b2 = st.columns(2)
+    b1.download_button("Export every label (JSON, for restoring)", db.export_labels(fmt="json"),
+                       file_name="failure_labels_backup.json", mime="application/json", key="fr_export_json")
+    if b2.button("Back up the store now", key="fr_backup"):
+        try:
+            b2.success(f"Backup written: {db.backup().name}")
+        except ExplainerError as exc:
+            common.show_error(exc)
+    restore = st.file_uploader("Import labels (merges: labels already here are not added twice)",
+                               type=["json", "csv"], key="fr_import")
+    if restore is not None and st.button("Import", key="fr_import_run"):
+        try:
+            added, present = db.import_labels(restore.getvalue(), name=restore.name)
+            st.success(f"{added} label rows added, {present} already present.")
+        except ExplainerError as exc:
+            common.show_error(exc)

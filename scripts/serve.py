@@ -1,0 +1,67 @@
+"""Start the app with ``server.allowedHosts`` set from the bind address (issue 17, point 5).
+
+Usage: python scripts/serve.py [--address ADDR] [--port PORT] [extra streamlit options ...]
+
+Streamlit (1.67) accepts a WebSocket from any Host header unless ``server.allowedHosts`` is set, so a
+page on a foreign name that resolves to this machine (DNS rebinding) could talk to the app.  The repo's
+.streamlit/config.toml allows only the loopback names (the default bind is localhost); binding to a
+network address with this launcher allows exactly the names this machine answers to there: the address
+itself, or for 0.0.0.0 / :: the host name, its fully qualified name and this machine's addresses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = ["localhost", "127.0.0.1", "::1"]
+
+
+def _own_addresses() -> set[str]:
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    try:  # the address of the default route's interface (no packet is sent by a UDP connect)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            names.add(s.getsockname()[0])
+    except OSError:
+        pass
+    return {n.split("%")[0] for n in names if n}
+
+
+def allowed_hosts(address: str) -> list[str]:
+    """Host names a browser may use to reach a server bound to ``address`` (ports are ignored)."""
+    if address in ("", "localhost", "127.0.0.1", "::1"):
+        return list(LOOPBACK)
+    if address in ("0.0.0.0", "::"):
+        return LOOPBACK + sorted(_own_addresses() - set(LOOPBACK))
+    return LOOPBACK + [address]
+
+
+def command(address: str, port: int, extra: list[str]) -> list[str]:
+    hosts = allowed_hosts(address)
+    return [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", address,
+            "--server.port", str(port), *[a for h in hosts for a in ("--server.allowedHosts", h)], *extra]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="localhost")
+    parser.add_argument("--port", type=int, default=8501)
+    args, extra = parser.parse_known_args()
+    cmd = command(args.address, args.port, extra)
+    print("allowed hosts:", ", ".join(allowed_hosts(args.address)), file=sys.stderr)
+    os.chdir(ROOT)  # .streamlit/config.toml is read from the working folder
+    os.execv(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()
