@@ -196,23 +196,12 @@ def test_checkpoint_model_with_its_own_head_runs_every_kind(lite0_200, gallery_x
 def test_an_untraceable_model_names_the_operation_and_keeps_cams_and_gradients(tmp_path, monkeypatch):
     (tmp_path / "wild.py").write_text(textwrap.dedent('''
         import torch
-        from torch import nn
 
-        class Wild(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(3, 4, 3, padding=1)
-                self.fc = nn.Linear(4, 2)
-
-            def forward(self, x):
-                h = self.conv(x)
-                if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
-                    h = h.relu()
-                return self.fc(h.mean((2, 3)))
+        from tests.test_capabilities import Untraceable  # data-dependent control flow: fx cannot trace it
 
         def build():
             torch.manual_seed(0)
-            return Wild()
+            return Untraceable()
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     from explainers import UnsupportedModel, explain, methods_for
