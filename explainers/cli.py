@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_speed)
 
     p = bench.add_parser("gpu", help="CUDA vs CPU maps, host syncs in the engine, throughput (issue 16)")
-    from .gpu_check import add_arguments
+    from .gpu_check_config import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench_gpu)

@@ -259,3 +259,9 @@ def explain(bundle: ModelBundle, x: torch.Tensor, method: str, target: int | str
     if x.dim() == 4 and x.shape[0] != 1:
         raise ValueError("explain() takes one image; use explain_batch() for a batch")
     return explain_batch(bundle, x, method, target, **options)[0]
+
+
+# Every method module registers itself on import.  ``import explainers`` is lazy (it no longer imports the methods),
+# so the registry loads them: whoever can see METHODS / get_method / explain sees every method.  At the end of
+# this module, so the method modules find register() defined.
+from . import methods as _methods  # noqa: E402,F401

@@ -48,7 +48,9 @@ def test_gradcam_matches_the_library(lite0, gallery_x):
     for p in lite0.model.parameters():
         p.grad = None
     assert res.attribution.shape == (224, 224) and res.attribution.dtype == torch.float32
-    assert np.array_equal(res.attribution.numpy(), expected)
+    # Our Grad-CAM is computed natively (no pytorch-grad-cam import, issue 15): float32 summation order and
+    # torch's vs cv2's bilinear resize differ by ~1e-7, so 1e-5 (tests/test_gradcam_native.py says more).
+    assert np.abs(res.attribution.numpy() - expected).max() < 1e-5
     assert res.native_resolution == (7, 7)
 
 

@@ -62,6 +62,13 @@ def run_cam(cam_class, bundle: ModelBundle, x: torch.Tensor, targets: torch.Tens
 
 
 def _gradcam(bundle, x, targets, opts):
+    # Plain Grad-CAM on a CNN runs natively: importing pytorch-grad-cam costs ~7 s cold (see gradcam_native).
+    if not (opts.get("aug_smooth") or opts.get("eigen_smooth") or capabilities_of(bundle).tokens):
+        from .gradcam_native import gradcam_maps
+
+        layer_name = opts.get("layer") or default_cam_layer(bundle)
+        maps, native = gradcam_maps(bundle, x, targets, layer_name)
+        return MethodOutput(attribution=maps, native_resolution=native, extras={"layer": layer_name})
     from pytorch_grad_cam import GradCAM
 
     return run_cam(GradCAM, bundle, x, targets, opts)
@@ -70,7 +77,8 @@ def _gradcam(bundle, x, targets, opts):
 register(MethodSpec(
     id="gradcam", name="Grad-CAM", family="cam", fn=_gradcam,
     options=(LAYER_OPTION, *SMOOTH_OPTIONS), normalized=True,
-    description="Gradient-weighted class activation map (Selvaraju et al. 2017) via pytorch-grad-cam.",
+    description="Gradient-weighted class activation map (Selvaraju et al. 2017): pytorch-grad-cam's map, computed "
+                "natively (the library only for smoothing and ViTs).",
 ))
 
 
