@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,8 +184,47 @@ def _model_label(row: dict[str, Any]) -> str:
     return row["name"] + ("" if row["available"] else "  (weights missing)")
 
 
+# The sidebar's widgets live in the page scripts, and Streamlit forgets a page's widget values when the user
+# switches pages; their values are copied to plain session keys after every run and restored before the next,
+# so model, device, image and target follow the user across pages.
+SIDEBAR_KEYS = ("device", "model", "weights_choice", "image_source", "gallery", "ds_name", "ds_true", "ds_pred",
+                "ds_page", "ds_pick", "target_mode", "target_top5", "target_query", "target_match")
+_KEPT = "sidebar_kept"
+
+
+def _restore_sidebar() -> None:
+    """After a page switch (or when a value was dropped), the last run's sidebar values come back; within one
+    page the widgets' own state wins, so a user's change is never overwritten."""
+    kept = st.session_state.get(_KEPT, {})
+    switched = kept.get("_page") != st.session_state.get("sidebar_page")
+    for key, value in kept.items():
+        if key != "_page" and (switched or key not in st.session_state):
+            st.session_state[key] = value
+
+
+def set_sidebar(**values: Any) -> None:
+    """Set sidebar values from a page (e.g. "open this dataset image in Compare") so that they survive the page
+    switch that follows."""
+    st.session_state.update(values)
+    st.session_state.setdefault(_KEPT, {}).update(values)
+
+
+def _keep_sidebar() -> None:
+    kept = {k: st.session_state[k] for k in SIDEBAR_KEYS if k in st.session_state}
+    kept["_page"] = st.session_state.get("sidebar_page")
+    st.session_state[_KEPT] = kept
+
+
 def sidebar() -> Context | None:
     """Render the shared sidebar and store the resulting :class:`Context` for the page."""
+    _restore_sidebar()
+    try:
+        return _sidebar()
+    finally:
+        _keep_sidebar()
+
+
+def _sidebar() -> Context | None:
     st.session_state["ctx"] = None
     st.session_state["ctx_problem"] = None
     with st.sidebar:
@@ -233,10 +273,15 @@ def sidebar() -> Context | None:
         elif source == "Upload":
             upload = st.file_uploader("Upload an image", type=None, key="upload",
                                       help="PNG, JPEG, WebP, BMP, TIFF or GIF; up to 50 megapixels")
-            if upload is None:
+            if upload is not None:
+                data, image_name = upload.getvalue(), upload.name
+                st.session_state["last_upload"] = (image_name, data)
+            elif "last_upload" in st.session_state:  # the uploader is empty on another page: keep the image
+                image_name, data = st.session_state["last_upload"]
+                st.caption(f"Showing {image_name}, uploaded earlier in this session.")
+            else:
                 st.info("Upload an image, or pick one from the gallery.")
                 return None
-            data, image_name = upload.getvalue(), upload.name
             remember = True
         else:
             keys = list(GALLERY)
@@ -330,6 +375,8 @@ def current() -> Context | None:
 
 def require_context() -> Context:
     """Draw the shared sidebar and return its context; stop the page with a hint when incomplete."""
+    # which page script is running (the caller): the sidebar restores its values when this changes
+    st.session_state["sidebar_page"] = sys._getframe(1).f_globals.get("__file__", "")
     ctx = sidebar()
     if ctx is None:
         problem = st.session_state.get("ctx_problem")

@@ -114,3 +114,22 @@ def test_mosaic_quadrants_from_distinct_true_classes(project):
     picks = [at.selectbox(key=f"mosaic_pick_{q}").value for q in range(4)]
     assert len(picks) == 4 and all(p.split("/")[0] in CLASSES for p in picks)
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_the_sidebar_follows_the_user_across_pages(project):
+    """Model, image source, dataset image and target stay as chosen when the user moves between pages."""
+    at = open_app(image_source="Dataset", ds_name="fruit", ds_true="cherry")
+    at.sidebar.selectbox(key="ds_pick").set_value(2).run()
+    radio = at.sidebar.radio(key="target_top5")
+    second = next(i for i in range(3) if i != radio.value)  # a class that is not the predicted one
+    radio.set_value(second).run()
+    chosen = (at.sidebar.selectbox(key="model").value, at.sidebar.selectbox(key="ds_true").value,
+              at.sidebar.selectbox(key="ds_pick").value, at.sidebar.radio(key="target_top5").value)
+    assert chosen == ("fruitnet", "cherry", 2, second)
+    for page in ("pages/metrics.py", "pages/mosaics.py", "pages/compare.py", "pages/conservation.py",
+                 "pages/metrics.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        now = (at.sidebar.selectbox(key="model").value, at.sidebar.selectbox(key="ds_true").value,
+               at.sidebar.selectbox(key="ds_pick").value, at.sidebar.radio(key="target_top5").value)
+        assert now == chosen, page
