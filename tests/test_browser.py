@@ -271,25 +271,3 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
     wait_idle(page)
     page.get_by_text("browser test label").first.wait_for(timeout=480_000)
     no_exception(page)
-
-    # 8. SRD Explorer (issue #15 pt 6): clicks on three cells of the shown layer's grid pick exactly those PFVs.
-    # The click goes to the marker's pixel as plotly itself places it (calcdata -> axis pixels), not a guess.
-    if "srd" in METHODS:
-        open_page(page, "SRD Explorer")
-        page.get_by_text("ERF of bn2.act").first.wait_for(timeout=480_000)
-        wait_idle(page)
-        for r, c in [(1, 3), (4, 2), (6, 0)]:
-            chart = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
-            x, y = chart.evaluate("(gd, k) => { const L = gd._fullLayout, p = gd.calcdata[1][k];"
-                                  " return [L._size.l + L.xaxis.l2p(p.x), L._size.t + L.yaxis.l2p(p.y)]; }",
-                                  r * 7 + c)
-            box = chart.bounding_box()
-            page.mouse.move(box["x"] + x, box["y"] + y)
-            page.wait_for_timeout(200)
-            page.mouse.click(box["x"] + x, box["y"] + y)
-            page.get_by_text(f"ERF of bn2.act ({r}, {c})", exact=True).first.wait_for(timeout=240_000)
-            wait_idle(page)
-            assert page.get_by_label("Row", exact=True).input_value() == str(r)
-            assert page.get_by_label("Column", exact=True).input_value() == str(c)
-            assert page.get_by_text("Grid 7x7", exact=False).count() > 0  # still the 7x7 layer bn2.act
-            no_exception(page)
