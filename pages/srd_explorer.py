@@ -3,7 +3,8 @@
 1. SRD maps at low (encoder output), high (stride 8) and input (pixel) resolution, side by side.
 2. Pick a PFV: a layer and a grid position (click the grid, or the row/column inputs).
 3. Its effective receptive field (App. C), its nearest PFVs over the gallery and this session's uploads,
-   each shown as its own ERF-weighted crop (App. A, Fig. 5 top), and its sub-concepts: the PFVs of the
+   or over a registered dataset (index cached on disk), each shown as the image region of its ERF's
+   bounding box, enlarged (App. A, Fig. 5 top), and its sub-concepts: the PFVs of the
    previous non-linear layer with the largest sharing ratios, each explorable in turn (Fig. 5 bottom).
 All computation is in ``explainers.methods.srd``; this page reads widgets, caches and renders.
 """
@@ -19,7 +20,7 @@ from explainers import ExplainerError, render
 from explainers.images import image_hash
 from explainers.methods import srd
 from explainers.methods.srd import BIAS_SHARES, STARTS
-from pages import common
+from pages import common, sources
 
 ctx = common.require_context()
 bundle = ctx.bundle
@@ -74,6 +75,16 @@ def _index(model_key: str, layer: str, keys: tuple[str, ...], _bundle, _items) -
     bar = st.progress(0.0, text=f"Indexing PFVs of {layer} over {len(_items)} images ...")
     try:
         return srd.build_index(_bundle, layer, _items, progress=lambda f, t: bar.progress(f, text=t))
+    finally:
+        bar.empty()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _dataset_index(model_key: str, layer: str, dataset_name: str, files_key: str, _bundle, _dataset) -> srd.PFVIndex:
+    """The index over a registered dataset: on disk per weights fingerprint + layer + file list (``files_key``)."""
+    bar = st.progress(0.0, text=f"Indexing PFVs of {layer} over {len(_dataset)} files of {dataset_name} ...")
+    try:
+        return srd.build_dataset_index(_bundle, layer, _dataset, progress=lambda f, t: bar.progress(f, text=t))
     finally:
         bar.empty()
 
@@ -153,21 +164,22 @@ if st.session_state.get("srd_grid_of") != (ctx.image_hash, ctx.model_key, layer)
 H, W = ctx.display.height, ctx.display.width
 fig = go.Figure(go.Image(z=_overlay(layer_map, opacity), hoverinfo="skip"))
 rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-fig.add_trace(go.Scatter(x=((cc.flatten() + 0.5) * W / w), y=((rr.flatten() + 0.5) * H / h), mode="markers",
+gx, gy = srd.grid_centres((h, w), (H, W))  # plotly puts pixel centres at integers: cell centres sit at -0.5
+fig.add_trace(go.Scatter(x=gx, y=gy, mode="markers",
                          marker={"size": max(3, min(14, int(360 / max(h, w)))), "opacity": 0.25, "color": "white"},
                          customdata=np.stack([rr.flatten(), cc.flatten()], 1),
                          hovertemplate="row %{customdata[0]}, col %{customdata[1]}<extra></extra>"))
 fig.update_layout(height=380, margin={"t": 10, "b": 10, "l": 10, "r": 10}, showlegend=False,
                   xaxis={"visible": False}, yaxis={"visible": False})
 with left:
-    event = st.plotly_chart(fig, key="srd_grid", on_select="rerun", selection_mode="points")
+    # One chart key per layer and grid: a selection made on another layer's grid never carries over.
+    event = st.plotly_chart(fig, key=f"srd_grid_{layer}_{h}x{w}", on_select="rerun", selection_mode="points")
 points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
     list(getattr(getattr(event, "selection", None), "points", []) or [])
-if points:
-    click = tuple(int(v) for v in (points[0].get("customdata") or []))
-    if len(click) == 2 and click != st.session_state.get("srd_last_click"):
-        st.session_state["srd_last_click"] = click
-        st.session_state["srd_row"], st.session_state["srd_col"] = click
+click = srd.grid_click(points, layer, (h, w), (H, W))
+if click is not None and click != st.session_state.get("srd_last_click"):
+    st.session_state["srd_last_click"] = click
+    st.session_state["srd_row"], st.session_state["srd_col"] = click[1], click[2]
 row = right.number_input("Row", min_value=0, max_value=h - 1, step=1, key="srd_row")
 col = right.number_input("Column", min_value=0, max_value=w - 1, step=1, key="srd_col")
 pos = (int(row), int(col))
@@ -210,11 +222,28 @@ with b:
     k = k1.slider("Neighbours", 1, 8, 3, key="srd_k")
     others = k2.checkbox("Other images only", value=True, key="srd_others",
                          help="Paper App. A looks at other samples' PFVs.")
+    over = st.radio("Search over", ["Gallery and uploads", "A registered dataset"], key="srd_over",
+                    horizontal=True)
+    dataset = sources.choose_dataset("srd_dataset") if over == "A registered dataset" else None
+
+    def _index_for(lname: str) -> srd.PFVIndex:
+        if dataset is None:
+            return _index(ctx.model_key, lname, tuple(images), _bundle=bundle, _items=list(images.values()))
+        return _dataset_index(ctx.model_key, lname, dataset.name, srd.file_list_key(dataset), _bundle=bundle,
+                              _dataset=dataset)
+
+    def _images_for(nbs: list[srd.Neighbour]) -> dict[str, tuple[str, bytes]]:
+        return images if dataset is None else srd.dataset_images(dataset, nbs)
+
     try:
-        index = _index(ctx.model_key, layer, tuple(images), _bundle=bundle,
-                       _items=list(images.values()))
+        index = _index_for(layer)
+        if index.failures:
+            with st.expander(f"{len(index.failures)} file(s) of {dataset.name if dataset else 'the images'} "
+                             "could not be decoded and were skipped"):
+                st.table([{"file": n, "reason": r} for n, r in index.failures])
         neighbours = index.nearest_pfvs(p.vector(layer, pos), k, exclude_image=ctx.image_hash if others else None)
-        crops = _neighbour_views(ctx.model_key, tuple(neighbours), bias_share, _bundle=bundle, _images=images)
+        crops = _neighbour_views(ctx.model_key, tuple(neighbours), bias_share, _bundle=bundle,
+                                 _images=_images_for(neighbours))
     except Exception as exc:  # noqa: BLE001
         common.show_error(exc)
         neighbours, crops = [], []
@@ -265,16 +294,15 @@ if chosen:
                 st.markdown(f"pixel ({s.position[0]}, {s.position[1]})  \nmu = {s.mu:.4f}")
                 continue
             e = torch.from_numpy(sub_erfs[i])
-            st.image(srd.erf_crop(shown, e), caption=f"{s.layer} ({s.position[0]}, {s.position[1]})  mu = {s.mu:.3f}",
+            st.image(srd.erf_view(shown, e), caption=f"{s.layer} ({s.position[0]}, {s.position[1]})  mu = {s.mu:.3f}",
                      width="stretch")
             st.button("Explore", key=f"srd_sub_{i}", on_click=_explore, args=(s,))
             try:
-                sub_index = _index(ctx.model_key, s.layer, tuple(images), _bundle=bundle,
-                                   _items=list(images.values()))
+                sub_index = _index_for(s.layer)
                 nbs = sub_index.nearest_pfvs(p.vector(s.layer, s.position), 2,
                                              exclude_image=ctx.image_hash if others else None)
                 for nb, crop in zip(nbs, _neighbour_views(ctx.model_key, tuple(nbs), bias_share, _bundle=bundle,
-                                                          _images=images)):
+                                                          _images=_images_for(nbs))):
                     st.image(crop, caption=f"{nb.image_name} cos {nb.similarity:.2f}", width="stretch")
             except Exception as exc:  # noqa: BLE001
                 common.show_error(exc)

@@ -265,7 +265,7 @@ def test_cache_dir_is_overridable(monkeypatch, tmp_path):
     assert srd.cache_dir().name == "relevance-explorer"
 
 
-def test_neighbour_crop_is_weighted_by_its_erf(lite0):
+def test_neighbour_crop_is_around_its_erf(lite0):
     items = {image_hash(GALLERY["coffee"].png_bytes()): ("coffee.png", GALLERY["coffee"].png_bytes())}
     nb = srd.Neighbour(next(iter(items)), "coffee.png", "blocks.1.1.bn2.act", (10, 12), 0.9)
     (view,) = srd.neighbour_views(lite0, [nb], items)

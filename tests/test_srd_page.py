@@ -62,3 +62,27 @@ def test_picking_a_pfv_and_exploring_a_subconcept(explorer):
     assert (at.selectbox(key="srd_layer").value, at.session_state["srd_row"], at.session_state["srd_col"]) == \
         ("blocks.6.0.bn2.act", 2, 3)
     assert not at.error
+
+
+def test_neighbours_over_a_registered_dataset(tmp_path, monkeypatch):
+    """Issue #13 pt 5: the index over a registered dataset (progress, cached on disk, the corrupt file reported),
+    its neighbours shown as enlarged crops of their ERF's bounding box."""
+    from tests.project import make_project
+
+    monkeypatch.setenv("RELEVANCE_EXPLORER_CONFIG", str(make_project(tmp_path / "project")))
+    monkeypatch.setenv("RELEVANCE_EXPLORER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", raising=False)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["srd_over"] = "A registered dataset"
+    at.session_state["srd_dataset"] = "fruit"
+    at.session_state["srd_top"] = 1
+    at.run()
+    at.switch_page("pages/srd_explorer.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="srd_over").value == "A registered dataset"
+    nbs = [(c, img) for img in at.image for c in img.captions if " cos " in c]
+    assert len(nbs) >= 3 and all(c.split(" ")[0].split("/")[0] in {"apple", "banana", "cherry"} for c, _ in nbs)
+    assert any("could not be decoded" in e.label for e in at.expander)
+    assert "banana/broken.png" in str([t.value for t in at.table])
+    assert list((tmp_path / "cache").rglob("dataset-*.pt"))
+    assert not at.error

@@ -15,24 +15,43 @@ from .explore import (
     Pass,
     SRDMaps,
     SubConcept,
+    box_crop,
     check_supported,
+    click_to_cell,
     erf,
     erf_box,
     erf_crop,
+    erf_view,
     erf_weighted,
     forward_pass,
+    grid_centres,
+    grid_click,
     layers,
     neighbour_views,
     resolve_layer,
     srd_maps,
     subconcepts,
 )
-from .index import CACHE_ENV, Neighbour, PFVIndex, build_index, cache_dir, gallery_items, model_fingerprint
+from .index import (
+    CACHE_ENV,
+    Neighbour,
+    PFVIndex,
+    build_dataset_index,
+    build_index,
+    cache_dir,
+    dataset_images,
+    dataset_index_path,
+    file_list_key,
+    gallery_items,
+    model_fingerprint,
+)
 from .rules import BIAS_SHARES, STARTS, SRDRules, srd_graph
 
 __all__ = [
     "BIAS_SHARES", "CACHE_ENV", "RESOLUTIONS", "STARTS", "LayerInfo", "Neighbour", "NeighbourView",
-    "PFVIndex", "Pass", "SRDMaps", "SRDRules", "SubConcept", "build_index", "cache_dir", "check_supported", "erf",
-    "erf_box", "erf_crop", "erf_weighted", "forward_pass", "gallery_items", "layers", "model_fingerprint",
+    "PFVIndex", "Pass", "SRDMaps", "SRDRules", "SubConcept", "box_crop", "build_dataset_index", "build_index",
+    "cache_dir", "check_supported", "click_to_cell", "dataset_images", "dataset_index_path", "erf", "erf_box",
+    "erf_crop", "erf_view", "erf_weighted", "file_list_key", "forward_pass", "gallery_items", "grid_centres",
+    "grid_click", "layers", "model_fingerprint",
     "neighbour_views", "resolve_layer", "srd_graph", "srd_maps", "subconcepts",
 ]

@@ -7,14 +7,16 @@
   :meth:`Pass.erf` (App. C: input relevance of PFVs started with relevance 1; sums to 1, zero outside the
   receptive field) and :meth:`Pass.subconcepts` (App. A, Fig. 5 bottom: the walk stops at the previous
   non-linear layer(s)).
-- :func:`erf_crop` / :func:`neighbour_views`: a PFV shown as the crop of its ERF's bounding box, enlarged.
+- :func:`erf_view` / :func:`neighbour_views`: a PFV shown as the crop of its ERF's bounding box, enlarged
+  (:func:`erf_crop` keeps the older ERF-weighted crop).
+- :func:`grid_centres` / :func:`click_to_cell` / :func:`grid_click`: the clickable PFV grid of the page.
 
 The PFVs compared are the *pre-activation* vectors ``v_j`` (Sec. 3.2 and App. F).  No Streamlit here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -430,16 +432,84 @@ def erf_crop(image01: Tensor | np.ndarray, erf_map: Tensor, box: tuple[int, int,
     return erf_weighted(image01, erf_map)[r0:r1 + 1, c0:c1 + 1]
 
 
+def box_crop(image01: Tensor | np.ndarray, box: tuple[int, int, int, int], size: int | None = 192) -> np.ndarray:
+    """The image (3xHxW or HxWx3 in [0, 1] or uint8) cut to ``box`` (row0, row1, col0, col1 inclusive), unweighted
+    (an ERF-weighted full image is almost black at early layers), enlarged by the largest whole factor that keeps
+    the longer side at most ``size`` (never shrunk; nearest neighbour, so every image pixel stays a crisp block).
+    ``size=None``: not enlarged.  Returns uint8 hxwx3."""
+    img = image01.detach().cpu().numpy() if isinstance(image01, Tensor) else np.asarray(image01)
+    if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.transpose(1, 2, 0)
+    if img.dtype != np.uint8:
+        img = (np.clip(img.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    r0, r1, c0, c1 = box
+    H, W = img.shape[:2]
+    if not (0 <= r0 <= r1 < H and 0 <= c0 <= c1 < W):
+        raise InvalidOption(f"Box {box} lies outside the {H}x{W} image.")
+    out = img[r0:r1 + 1, c0:c1 + 1]
+    if size is not None:
+        f = max(1, size // max(out.shape[:2]))
+        out = out.repeat(f, axis=0).repeat(f, axis=1)
+    return np.ascontiguousarray(out)
+
+
+def erf_view(image01: Tensor | np.ndarray, erf_map: Tensor, size: int | None = 192) -> np.ndarray:
+    """A PFV shown as the image region of its ERF's bounding box (:func:`erf_box`), enlarged (:func:`box_crop`)."""
+    return box_crop(image01, erf_box(erf_map), size)
+
+
+# --------------------------------------------------------------------------- the clickable grid
+
+
+def grid_centres(grid: tuple[int, int], display: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Plotly x, y of every cell centre (row-major) of a ``grid`` (rows, cols) drawn over an image of
+    ``display`` (height, width) pixels with ``go.Image``: plotly puts pixel i's *centre* at i, so the image
+    spans [-0.5, W - 0.5] and a cell's centre is at (c + 0.5) * W / w - 0.5."""
+    h, w = grid
+    H, W = display
+    rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return (cc.flatten() + 0.5) * W / w - 0.5, (rr.flatten() + 0.5) * H / h - 0.5
+
+
+def click_to_cell(x: float, y: float, grid: tuple[int, int], display: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) of the grid cell under a click at plotly image coordinates (x, y) (the inverse of
+    :func:`grid_centres`): cell c covers [c * W / w, (c + 1) * W / w) in pixel-edge coordinates x + 0.5;
+    clicks on the outer border are clamped into the grid."""
+    h, w = grid
+    H, W = display
+    col = int(np.floor((float(x) + 0.5) * w / W))
+    row = int(np.floor((float(y) + 0.5) * h / H))
+    return min(max(row, 0), h - 1), min(max(col, 0), w - 1)
+
+
+def grid_click(points: Sequence[Mapping], layer: str, grid: tuple[int, int],
+               display: tuple[int, int]) -> tuple[str, int, int] | None:
+    """The PFV (layer, row, col) a plotly selection picks on the grid of the *shown* ``layer``: the first point
+    that has image coordinates, mapped by :func:`click_to_cell` (not by trace indices or custom data, which
+    outlive a change of layer or grid size).  None when nothing usable was clicked."""
+    for pt in points or []:
+        x, y = pt.get("x"), pt.get("y")
+        if x is None or y is None:
+            continue
+        try:
+            row, col = click_to_cell(float(x), float(y), grid, display)
+        except (TypeError, ValueError):
+            continue
+        return layer, row, col
+    return None
+
+
 @dataclass
 class NeighbourView:
     neighbour: Neighbour
-    crop: np.ndarray  # uint8 HxWx3
+    crop: np.ndarray  # uint8 hxwx3: the ERF's bounding box, enlarged
     erf: Tensor  # [H, W]
 
 
 def neighbour_views(bundle: ModelBundle, neighbours: Sequence[Neighbour], images: dict[str, tuple[str, bytes]],
                     bias_share: str = "norm") -> list[NeighbourView]:
-    """Each neighbour's crop weighted by its own ERF; one forward and one batched walk per image.
+    """Each neighbour as the image region of its own ERF's bounding box, enlarged (:func:`erf_view`); one forward
+    and one batched walk per image.
     ``images``: image hash -> (name, bytes) for every image the neighbours come from."""
     out: dict[int, NeighbourView] = {}
     by_image: dict[str, list[int]] = {}
@@ -452,6 +522,6 @@ def neighbour_views(bundle: ModelBundle, neighbours: Sequence[Neighbour], images
         erfs = forward_pass(bundle, x).erf(neighbours[ks[0]].layer, [neighbours[k].position for k in ks], bias_share)
         shown = bundle.to_tensor01(image)
         for k, e in zip(ks, erfs):
-            out[k] = NeighbourView(neighbours[k], erf_crop(shown, e), e.float().cpu())
+            out[k] = NeighbourView(neighbours[k], erf_view(shown, e), e.float().cpu())
     return [out[k] for k in range(len(neighbours))]
 

@@ -4,6 +4,7 @@ image, searched by cosine similarity."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...datasets import Dataset
 from ...errors import InvalidOption
 from ...images import GALLERY, image_hash, load_image
 from ...models import ModelBundle
@@ -64,6 +66,7 @@ class PFVIndex:
     image_keys: list[str]
     image_names: list[str]
     grids: list[tuple[int, int]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason): skipped, not indexed
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -144,3 +147,95 @@ def build_index(bundle: ModelBundle, layer: str, images: Sequence[tuple[str, byt
                     image_names=names, grids=grids)
 
 
+
+
+# --------------------------------------------------------------------------- over a registered dataset
+
+
+def file_list_key(dataset: Dataset) -> str:
+    """A hash of the dataset's file list (relative names, sizes, modification times): an added, removed,
+    replaced or touched file gives a new key, so a stale index is never read."""
+    h = hashlib.sha256()
+    for s in dataset.samples:
+        try:
+            st = s.path.stat()
+            meta = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            meta = "missing"
+        h.update(f"{s.name}\0{meta}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def dataset_index_path(bundle: ModelBundle, layer_name: str, dataset: Dataset, cache: Path | str | None = None) -> Path:
+    """``<cache>/srd-index/<weights fingerprint>/<layer>/dataset-<file list hash>.pt``."""
+    root = Path(cache) if cache is not None else cache_dir()
+    return root / "srd-index" / model_fingerprint(bundle) / _safe(layer_name) / f"dataset-{file_list_key(dataset)}.pt"
+
+
+def build_dataset_index(bundle: ModelBundle, layer: str, dataset: Dataset, cache: Path | str | None = None,
+                        progress: Callable[[float, str], None] | None = None, batch_size: int = 16) -> PFVIndex:
+    """The PFVs of ``layer`` over every file of a registered dataset, decoded lazily ``batch_size`` at a time;
+    undecodable files are skipped and listed in ``PFVIndex.failures``.  The whole index is one file on disk
+    keyed by weights fingerprint + layer + file list (:func:`file_list_key`); a second build only loads it."""
+    check_supported(bundle)
+    graph, info = _graph(bundle)
+    node = resolve_layer(graph, info, layer, (bundle.input_size, bundle.input_size))
+    if node is None:
+        raise InvalidOption("The PFV index needs a non-linear layer, not the input.")
+    name = info.names[node]
+    path = dataset_index_path(bundle, name, dataset, cache)
+    say = progress or report
+    if path.is_file():
+        try:
+            d = torch.load(path, weights_only=True)
+            say(1.0, f"index of {len(d['names'])} images loaded from the cache")
+            return PFVIndex(layer=name, vectors=d["vectors"], image=d["image"], position=d["position"],
+                            image_keys=list(d["keys"]), image_names=list(d["names"]),
+                            grids=[tuple(g) for g in d["grids"]], failures=[tuple(f) for f in d["failures"]])
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
+            pass
+    vecs, imgs, poss, keys, names, grids, failures = [], [], [], [], [], [], []
+    total, done = len(dataset), 0
+    for batch in dataset.batches(batch_size):
+        failures.extend(batch.failures)
+        for sample, image in zip(batch.samples, batch.images):
+            try:
+                key = image_hash(sample.path.read_bytes())
+            except OSError as exc:
+                failures.append((sample.name, f"{sample.name} could not be read ({type(exc).__name__})."))
+                continue
+            if key in keys:  # the same bytes twice: index once
+                continue
+            fp = forward_pass(bundle, bundle.preprocess(image))
+            pfv, grid = fp.vectors(name).float().cpu(), tuple(int(v) for v in fp.grid(name))
+            idx = len(keys)
+            keys.append(key)
+            names.append(sample.name)
+            grids.append(grid)
+            vecs.append(pfv)
+            imgs.append(torch.full((pfv.shape[0],), idx, dtype=torch.long))
+            rr, cc = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+            poss.append(torch.stack([rr.flatten(), cc.flatten()], 1))
+        done += len(batch.samples) + len(batch.failures)
+        say(done / max(total, 1), f"indexed {done} of {total} images of {dataset.name}")
+    vectors = torch.cat(vecs) if vecs else torch.zeros(0, 1)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    index = PFVIndex(layer=name, vectors=vectors,
+                     image=torch.cat(imgs) if imgs else torch.zeros(0, dtype=torch.long),
+                     position=torch.cat(poss) if poss else torch.zeros(0, 2, dtype=torch.long),
+                     image_keys=keys, image_names=names, grids=grids, failures=failures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"vectors": index.vectors, "image": index.image, "position": index.position, "keys": keys,
+                "names": names, "grids": [list(g) for g in grids], "failures": [list(f) for f in failures]}, tmp)
+    os.replace(tmp, path)
+    say(1.0, "index ready")
+    return index
+
+
+def dataset_images(dataset: Dataset, neighbours: Sequence[Neighbour]) -> dict[str, tuple[str, bytes]]:
+    """image key -> (name, bytes) for the dataset files the neighbours come from (only those are read)."""
+    wanted = {nb.image_name: nb.image_key for nb in neighbours}
+    samples = [s for s in dataset.samples if s.name in wanted]
+    data, _ = dataset.read(samples)
+    return {wanted[n]: (n, b) for n, b in data}
