@@ -74,6 +74,13 @@ def test_class_clusters_separate_two_planted_map_shapes():
     assert found.mean_maps[corner_k][:2, :2].sum() > 0.9 * found.mean_maps[corner_k].sum()
 
 
+def test_identical_maps_make_one_cluster_without_crashing():
+    recs = [_rec(f"z{i}", "x", 0, True, m=np.zeros((8, 8))) for i in range(5)]
+    found = dv.class_clusters(recs, "x", size=4)
+    assert found.n_clusters == 1 and found.members(0) == [f"z{i}" for i in range(5)]
+    assert np.isfinite(found.embedding).all()
+
+
 def test_compare_state_finds_page_and_position():
     root = Path("/nowhere")
     samples = [Sample(root / f"{c}_{i}.png", c, f"{c}/{c}_{i}.png") for c in ("a", "b") for i in range(10)]
@@ -135,7 +142,7 @@ def test_dataset_page_clusters_a_class_and_opens_a_member_in_compare(project):
     at.session_state["model"] = "fruitnet"
     at.session_state["weights_choice"] = "untrained (architecture only)"
     at.session_state["dv_dataset"] = "fruit"
-    at.session_state["dv_method"] = "gradcam"
+    at.session_state["dv_method"] = "input-x-gradient"  # the untrained net's Grad-CAMs are all zero
     at.run()
     at.switch_page("pages/dataset.py").run()
     assert not at.exception, at.exception
