@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import adjusted_rand_score
 from streamlit.testing.v1 import AppTest
 
@@ -164,6 +163,14 @@ def test_dataset_page_clusters_a_class_and_opens_a_member_in_compare(project):
     assert not at.exception, at.exception
     assert at.session_state["ds_true"] == "cherry"
     picks = at.sidebar.selectbox(key="ds_pick")
-    assert name.split("/")[1] in picks.options[picks.value] if isinstance(picks.value, int) else picks.value
-    assert any(t.value == "Compare" for t in at.title), [t.value for t in at.title]
-    assert torch.is_tensor(torch.zeros(1))
+    assert name.split("/")[1] in picks.options[picks.value]
+    assert at.session_state["ctx"].image_name == name  # Compare explains exactly that image
+    assert [t.value for t in at.title] == ["Compare attribution methods"]
+    # back on the Dataset page the run is kept; the worst image opens in Failure review on this dataset
+    at.switch_page("pages/dataset.py").run()
+    assert not at.exception, at.exception
+    review = next(b for b in at.button if b.key and b.key.startswith("dv_rev_worst_"))
+    review.click().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Failure review"]
+    assert at.radio(key="fr_source").value == "Dataset" and at.selectbox(key="fr_dataset").value == "fruit"
