@@ -91,7 +91,7 @@ def _pixels(name: str):
 
 def _tile(col, rec: dv.Record, where: str) -> None:
     col.image(render.overlay(_pixels(rec.name), rec.map, 0.5, signed=spec.signed), width="stretch",
-              caption=f"{rec.name} · ID {rec.values.get('id') or float('nan'):.3f}"
+              caption=f"{rec.name} · ID " + ("n/a" if rec.values.get("id") is None else f"{rec.values['id']:.3f}")
               + ("" if rec.correct is None else (" · right" if rec.correct else " · WRONG")))
     a, b = col.columns(2)
     a.button("Compare", key=f"dv_cmp_{where}_{rec.name}", on_click=_open, args=("compare", rec.name))
