@@ -24,6 +24,7 @@ PAGES = [
     st.Page("pages/mosaics.py", title="Mosaics", icon=":material/grid_view:"),
     st.Page("pages/conservation.py", title="Conservation", icon=":material/balance:"),
     st.Page("pages/failure_review.py", title="Failure review", icon=":material/rule:"),
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:"),
     st.Page("pages/srd_explorer.py", title="SRD Explorer", icon=":material/hub:"),
 ]
 

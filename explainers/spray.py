@@ -82,7 +82,9 @@ def cluster(maps: Sequence[torch.Tensor] | torch.Tensor | np.ndarray, n_clusters
 
     features = np.asarray(maps, dtype=np.float64) if prepared else prepare(maps, size)
     n = len(features)
-    if n < 3:
+    if n < 3 or np.ptp(features, axis=0).max() <= 1e-12:
+        # fewer than 3 maps, or all maps alike (e.g. all-zero Grad-CAMs of an untrained net): one strategy.
+        # t-SNE's PCA init divides by a zero variance there, and the Barnes-Hut step then crashes the process.
         return Strategies(np.zeros(n, dtype=int), np.zeros((n, 2)), np.zeros(0), features)
     neighbours = max(2, min(10, n - 1))
     affinity = _affinity(features, neighbours)
