@@ -48,7 +48,7 @@ cache = st.session_state.setdefault("dv_cache", {})
 
 def _open(target: str, name: str) -> None:
     """Button callback: set the sidebar (and Failure review) to this image, then switch on the rerun."""
-    st.session_state.update(dv.compare_state(dataset, name, sources.PAGE_SIZE))
+    common.set_sidebar(**dv.compare_state(dataset, name, sources.PAGE_SIZE))  # survives the page switch
     if target == "review":
         st.session_state.update(dv.review_state(dataset.name, dataset.label_of(name)))
     st.session_state["dv_goto"] = target
