@@ -197,7 +197,7 @@ def review_dataset(page, dataset: str, count: int) -> None:
     """Failure review on a registered dataset (no server path is typed: the app was started without the flag)."""
     main = page.locator(MAIN)
     assert main.get_by_text("Folder", exact=True).count() == 0
-    main.get_by_text("Dataset", exact=True).click()
+    main.locator('[data-testid="stRadio"]').get_by_text("Dataset", exact=True).click()
     wait_idle(page)
     select(page, MAIN, "Dataset", dataset)
     page.get_by_role("button", name=f"Review {count} images", exact=False).click()
@@ -302,7 +302,7 @@ def test_a_user_session_through_the_app(page, shots, tmp_path):
     # then the Failure review with correctness against the true labels (the corrupt file reported and skipped)
     select(page, SIDEBAR, "Model", "fruitnet (project)")
     page.get_by_text("UNTRAINED model", exact=False).first.wait_for()
-    page.locator(SIDEBAR).get_by_text("Dataset", exact=True).click()
+    page.locator(f'{SIDEBAR} [data-testid="stRadio"]').get_by_text("Dataset", exact=True).click()  # not the nav link
     wait_idle(page)
     page.locator(SIDEBAR).get_by_text("True class", exact=False).first.wait_for()
     open_page(page, "Compare")
