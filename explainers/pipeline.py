@@ -129,13 +129,18 @@ def auto_batch_size(bundle: ModelBundle, override: int | None = None) -> int:
         per_image = max(torch.cuda.max_memory_allocated(bundle.device) - before, 1) * 2  # + insdel chunks
         del x
         return int(max(1, min(256, 0.5 * free // per_image)))
-    per_image = 400 * 3 * size * size * 4
     try:
         with open("/proc/meminfo") as fh:
             avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
     except (OSError, StopIteration):
         avail = 4 << 30
-    return int(max(1, min(16, 0.5 * avail // per_image)))
+    return cpu_batch_size(size, avail)
+
+
+def cpu_batch_size(input_size: int, available: int) -> int:
+    """The CPU estimate: 400 input-sized float32 tensors per image against half of ``available`` bytes, 1 to 16."""
+    per_image = 400 * 3 * input_size * input_size * 4
+    return int(max(1, min(16, 0.5 * available // per_image)))
 
 
 def default_workers(n_batches: int) -> int:
@@ -422,5 +427,5 @@ def run(bundle: ModelBundle, images: Any, methods: Sequence[str], metrics: Seque
     return RunResult(ordered, skipped, stats, kept)
 
 
-__all__ = ["Computed", "Item", "RunResult", "Stats", "as_items", "auto_batch_size", "compute_batch", "load_maps",
-           "maps_dir", "run", "save_shard"]
+__all__ = ["Computed", "Item", "RunResult", "Stats", "as_items", "auto_batch_size", "compute_batch", "cpu_batch_size",
+           "load_maps", "maps_dir", "run", "save_shard"]

@@ -313,10 +313,10 @@ def _sidebar() -> Context | None:
 def _truth_caption(bundle: explainers.ModelBundle, dataset: str | None, true_label: str,
                    top5: list[tuple[int, str, float]]) -> None:
     """True label vs prediction, for an image of a labelled dataset."""
-    from explainers.datasets import open_registered
+    from pages import sources
 
-    try:
-        truth = open_registered(dataset).targets(bundle.class_names).get(true_label) if dataset else None
+    try:  # the cached listing: a rerun never lists the dataset again
+        truth = sources.listed(dataset).targets(bundle.class_names).get(true_label) if dataset else None
     except ExplainerError as exc:
         st.warning(str(exc), icon=":material/warning:")
         return

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 import streamlit as st
-from PIL import Image
+import torch
 
 import explainers
 from explainers import ExplainerError
@@ -116,11 +116,9 @@ def predictions(bundle: explainers.ModelBundle, dataset: Dataset, model_key: str
     done = 0
     for batch in dataset.batches(16):
         if batch.images:
-            x = explainers_batch(bundle, batch.images)
-            import torch
-
+            x = torch.cat([bundle.preprocess(im) for im in batch.images])
             with torch.no_grad():
-                top = bundle.model(x).argmax(-1).tolist()
+                top = bundle.predict(x).argmax(-1).tolist()
             out.update({s.name: int(t) for s, t in zip(batch.samples, top)})
         done += len(batch.samples) + len(batch.failures)
         bar.progress(min(done / max(len(dataset), 1), 1.0), text=f"Predicting {done}/{len(dataset)}")
@@ -129,12 +127,6 @@ def predictions(bundle: explainers.ModelBundle, dataset: Dataset, model_key: str
     while len(cache) > 4:
         cache.pop(next(iter(cache)))
     return out
-
-
-def explainers_batch(bundle: explainers.ModelBundle, images: list[Image.Image]):
-    import torch
-
-    return torch.cat([bundle.preprocess(im) for im in images])
 
 
 @dataclass

@@ -38,3 +38,16 @@ def untrained():
 def gallery_x(lite0):
     """Preprocessed gallery images for the real model: key -> 1x3x224x224."""
     return {k: lite0.preprocess(item.image()) for k, item in GALLERY.items()}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A user's project (tests/project.py) registered through $RELEVANCE_EXPLORER_CONFIG, with its own store and
+    no server-path flag."""
+    from tests.project import make_project
+
+    toml = make_project(tmp_path / "project")
+    monkeypatch.setenv("RELEVANCE_EXPLORER_CONFIG", str(toml))
+    monkeypatch.setenv("RELEVANCE_EXPLORER_DB", str(tmp_path / "labels.sqlite"))
+    monkeypatch.delenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", raising=False)
+    return toml

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.project import CLASSES, PER_CLASS, make_project
+from tests.project import CLASSES, PER_CLASS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    toml = make_project(tmp_path / "project")
-    monkeypatch.setenv("RELEVANCE_EXPLORER_CONFIG", str(toml))
-    monkeypatch.setenv("RELEVANCE_EXPLORER_DB", str(tmp_path / "labels.sqlite"))
-    monkeypatch.delenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", raising=False)
-    return toml
 
 
 def open_app(**state) -> AppTest:

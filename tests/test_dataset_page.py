@@ -127,15 +127,6 @@ def test_records_from_a_pipeline_run_match_per_image_explain(tmp_path):
 # --------------------------------------------------------------------------- the page
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    toml = make_project(tmp_path / "project")
-    monkeypatch.setenv("RELEVANCE_EXPLORER_CONFIG", str(toml))
-    monkeypatch.setenv("RELEVANCE_EXPLORER_DB", str(tmp_path / "labels.sqlite"))
-    monkeypatch.delenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", raising=False)
-    return toml
-
-
 def test_dataset_page_clusters_a_class_and_opens_a_member_in_compare(project):
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["model"] = "fruitnet"

@@ -174,7 +174,13 @@ def test_undecodable_files_are_skipped_and_reported(bundle, tmp_path):
 
 def test_auto_batch_size_and_override(bundle):
     assert pipeline.auto_batch_size(bundle, 7) == 7
-    assert 1 <= pipeline.auto_batch_size(bundle) <= 16
+    # the CPU estimate by hand: one 224 px image needs 400 * 3 * 224 * 224 * 4 = 240,844,800 bytes, half the
+    # available memory is the budget, and the result is clamped to 1..16
+    assert pipeline.cpu_batch_size(224, 1 << 30) == 2  # 536,870,912 // 240,844,800
+    assert pipeline.cpu_batch_size(224, 10 * 240_844_800) == 5
+    assert pipeline.cpu_batch_size(224, 100 << 20) == 1  # less than one image fits: still 1
+    assert pipeline.cpu_batch_size(224, 64 << 30) == 16  # capped
+    assert pipeline.cpu_batch_size(64, 1 << 30) == 16  # 19,660,800 bytes per 64 px image: 27 fit, capped
     assert SPEC.endswith(":build")
 
 
