@@ -57,10 +57,23 @@ cp = [(i, n) for i, n in enumerate(trace.nodes) if n.checkpoint]
 fig.add_trace(go.Scatter(x=[i for i, _ in cp], y=[n.total for _, n in cp], mode="markers", name="checkpoint",
                          marker={"size": 9, "color": "crimson"}, text=[n.name for _, n in cp],
                          hovertemplate="%{text}<br>%{y:.6g}<extra></extra>"))
+for branch, colour, label in (("main", "darkorange", "inside a block's main branch"),
+                              ("skip", "seagreen", "inside a projection skip")):
+    inside = [(i, n) for i, n in enumerate(trace.nodes) if n.branch and n.branch[1] == branch]
+    if inside:
+        fig.add_trace(go.Scatter(x=[i for i, _ in inside], y=[n.total for _, n in inside], mode="markers",
+                                 name=label, marker={"size": 5, "color": colour},
+                                 text=[f"{n.name}<br>{branch} branch of {n.branch[0]}" for _, n in inside],
+                                 hovertemplate="%{text}<br>%{y:.6g}<extra></extra>"))
 fig.add_hline(y=trace.start, line_dash="dash", annotation_text=f"start {trace.start:.4g}")
 fig.update_layout(xaxis_title="node (output → input)", yaxis_title="relevance total", height=380,
                   margin={"t": 30, "b": 40})
 st.plotly_chart(fig, key="conservation_nodes")
+if any(n.branch for n in trace.nodes):
+    st.caption("Inside a residual block the relevance splits: nodes on the main branch (orange) carry only the "
+               "main branch's share and nodes on a projection skip (green) only the skip's, so the line dips "
+               "there by design. Only the checkpoints (red) carry the whole relevance; compare those with the "
+               "start value.")
 st.dataframe(
     [{"checkpoint": name, "total": total, "relative error": err} for name, total, err in trace.checkpoint_errors()],
     hide_index=True,

@@ -106,7 +106,9 @@ if curves:
                                      name=f"{METHODS[method].name} ({ties})",
                                      line={"dash": "dash" if ties == "strict" else "solid"}))
         fig.update_layout(title=f"{title} curve", xaxis_title="fraction of pixels", yaxis_title="probability",
-                          height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
+                          height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                          # below the axis title, not on it (a horizontal legend's default y overlaps it)
+                          legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
         col.plotly_chart(fig, key=f"metrics_{kind}_chart")
     st.subheader("Areas under the curves")
     st.dataframe(table, hide_index=True, column_config={k: st.column_config.NumberColumn(format="%.3f")

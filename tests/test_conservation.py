@@ -43,3 +43,28 @@ def test_sweep_points_are_the_models_probabilities_and_the_traced_totals(lite0):
 def test_sweep_refuses_a_method_without_a_trace(lite0):
     with pytest.raises(ExplainerError, match="trace"):
         conservation_sweep(lite0, [], "gradcam")
+
+
+def test_trace_marks_branch_nodes_and_their_totals_are_the_branch_shares():
+    """Issue 15: the node plot dips inside residual blocks because those nodes carry one branch's share.
+    The trace says which nodes those are (graph.branches, a walk back from each branch end to the block
+    input); the node ending each main branch holds exactly what the block's add sent that way."""
+    import torchvision
+
+    from explainers.models import ModelBundle, Preprocessing
+
+    torch.manual_seed(0)
+    bundle = ModelBundle(model=torchvision.models.resnet18(num_classes=5).eval(), name="resnet18", family="resnet",
+                         class_names=tuple("abcde"), device=torch.device("cpu"), trained=False,
+                         weights_source="test", prep=Preprocessing(64, 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    trace = explain(bundle, torch.rand(1, 3, 64, 64), "resnet-lrp").trace
+    marked = [n for n in trace.nodes if n.branch]
+    assert {n.branch[1] for n in marked} == {"main", "skip"}  # resnet18 has projection skips
+    assert not any(n.branch for n in trace.checkpoints)  # checkpoints carry the whole relevance
+    blocks = {b.name: b for b in trace.blocks}
+    assert {n.branch[0] for n in marked} == set(blocks)
+    for name, block in blocks.items():
+        # output -> input order: the first main-branch node of a block is the main branch's end; its total is
+        # the same float64 sum the block share records, so they agree to rounding
+        first = next(n for n in trace.nodes if n.branch == (name, "main"))
+        assert first.total == pytest.approx(block.main, rel=1e-9, abs=1e-12)

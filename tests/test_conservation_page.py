@@ -18,6 +18,9 @@ def test_conservation_page_renders_three_plots_for_default_model():
     assert at.selectbox(key="conservation_method").value == "resnet-lrp"
     charts = at.get("plotly_chart")
     assert len(charts) == 3, [c.proto.id for c in charts]
+    # Lite0's inverted-residual blocks: the node plot marks the nodes that carry one branch's share
+    assert "inside a block's main branch" in charts[0].proto.spec
+    assert any("main branch's share" in c.value for c in at.caption)
     errors = at.dataframe[0].value["relative error"].abs()
     assert (errors < 1e-3).all()  # float32 model: conserved up to rounding
     assert not at.error

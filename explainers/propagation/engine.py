@@ -34,6 +34,8 @@ class NodeTotal:
     kind: str
     total: float
     checkpoint: bool
+    # (block name, "main" | "skip") for a node inside a residual block: its total is that branch's share only
+    branch: tuple[str, str] | None = None
 
 
 @dataclass
@@ -104,10 +106,11 @@ class Propagation:
         skip = self.block_skip.detach().double().cpu().tolist() if len(self.block_names) else []
         main = self.block_main.detach().double().cpu().tolist() if len(self.block_names) else []
         start = self.start.detach().double().cpu().tolist()
+        branch = self.graph.branches() if self.graph is not None else {}
         out = []
         for b in range(len(start)):
-            nodes = [NodeTotal(n, k, totals[i][b], c) for i, (n, k, c) in
-                     enumerate(zip(self.node_names, self.node_kinds, self.node_checkpoint))]
+            nodes = [NodeTotal(n, k, totals[i][b], c, branch.get(node)) for i, (n, k, c, node) in
+                     enumerate(zip(self.node_names, self.node_kinds, self.node_checkpoint, self.node_ids))]
             blocks = [BlockShare(name, ident, skip[k][b], main[k][b]) for k, (name, ident) in
                       enumerate(zip(self.block_names, self.block_identity))]
             out.append(PropagationTrace(start=start[b], nodes=nodes, blocks=blocks))

@@ -122,6 +122,29 @@ class PropGraph:
                 seen.append(p)
         return seen
 
+    def branches(self) -> dict[fx.Node, tuple[str, str]]:
+        """Nodes strictly inside a residual block, each -> (block name, "main" or "skip").
+
+        Relevance at such a node is only the share of its branch (the rest takes the other one), so its total
+        is not comparable with the checkpoints' (the Conservation page marks them).  A node of nested blocks
+        gets the innermost one.  Walks back from each branch's end to the block input.
+        """
+        out: dict[fx.Node, tuple[str, str]] = {}
+        # outer blocks first, inner ones overwrite: the innermost block wins
+        by_span = sorted(self.residuals.values(), key=lambda r: self._pos[r.block_input] - self._pos[r.node])
+        for res in by_span:
+            start = self._pos[res.block_input]
+            for branch, end in (("main", res.main), ("skip", res.skip)):
+                stack, seen = [end], set()
+                while stack:
+                    n = stack.pop()
+                    if n in seen or n is res.block_input or n not in self._pos or self._pos[n] <= start:
+                        continue
+                    seen.add(n)
+                    out[n] = (res.name, branch)
+                    stack.extend(self.data_inputs.get(n, ()))
+        return out
+
     def blocks_before(self, node: fx.Node) -> int:
         """How many residual blocks end before this node (for the paper's App. D.3 'mixture' composite)."""
         pos = self._pos[node]
