@@ -73,7 +73,7 @@ def vit_reshape_transform(bundle: ModelBundle):
     return transform
 
 
-def cam_layer(bundle: ModelBundle, name: str = "") -> str:
+def cam_layer(bundle: ModelBundle, name: str = "", method: str = "a CAM") -> str:
     """The CAM target layer: ``name`` (checked) or the family default.
 
     A named layer must output what a CAM weighs: a spatial map ``[B, C, H, W]`` with H or W > 1 on a CNN, a
@@ -90,6 +90,6 @@ def cam_layer(bundle: ModelBundle, name: str = "") -> str:
     if not ok:
         what = "is not called by the forward pass" if shape is None else f"outputs shape {list(shape)}"
         want = "a token sequence [B, T, C]" if caps.tokens else "a spatial map [B, C, H, W]"
-        raise InvalidOption(f"Layer {name!r} {what}, not {want} a CAM can weigh; choose a convolutional block "
-                            f"(the default is {default_cam_layer(bundle)!r}).")
+        raise InvalidOption(f"{method} cannot use layer {name!r}: it {what}, not {want}; choose a convolutional "
+                            f"block (the default is {default_cam_layer(bundle)!r}).")
     return name

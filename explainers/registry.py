@@ -242,6 +242,9 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
     x = x.to(bundle.device)
     if x.shape[0] == 1 and isinstance(target, (list, tuple)) and len(target) > 1:
         x = x.expand(len(target), -1, -1, -1).contiguous()
+    from .memory import check_method
+
+    check_method(spec, opts, bundle, x)  # the options' and the batch's memory against the device's
     requested = _requested_targets(bundle, x.shape[0], target).to(bundle.device)
     if spec.own_forward:
         start = time.perf_counter()
