@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 FRACTION = 0.5  # of the free memory: the rest is for the model, the caches, other sessions and the allocator
 ENV_CAP = "RELEVANCE_EXPLORER_MEMORY_MB"
@@ -198,16 +199,25 @@ def check_preprocess(width: int, height: int, resize: int, crop: int, interpolat
 # --------------------------------------------------------------------------- methods
 
 
+_ACTS: WeakKeyDictionary = WeakKeyDictionary()  # model -> elements of its leaf modules' outputs at its input size
+
+
+def _activation_elements(bundle: Any) -> int:
+    hit = _ACTS.get(bundle.model)
+    if hit is None:
+        from .capabilities import capabilities_of
+
+        leaves = {n for n, m in bundle.model.named_modules() if n and next(m.children(), None) is None}
+        shapes = capabilities_of(bundle).layer_shapes
+        hit = _ACTS[bundle.model] = sum(math.prod(s) for n, s in shapes.items() if n in leaves)
+    return hit
+
+
 def per_sample_bytes(bundle: Any, height: int, width: int) -> int:
     """One sample's cost in a forward + backward pass: the bytes of every leaf module's output at the model's
     input size (from the capability analysis, no extra forward pass), scaled to ``height x width``, times
     :data:`ACTIVATION_FACTOR`, plus the input and its gradient."""
-    from .capabilities import capabilities_of
-
-    model = bundle.model
-    leaves = {n for n, m in model.named_modules() if n and next(m.children(), None) is None}
-    shapes = capabilities_of(bundle).layer_shapes
-    acts = sum(math.prod(s) for n, s in shapes.items() if n in leaves)
+    acts = _activation_elements(bundle)
     size = bundle.input_size
     acts = acts * (height * width) / (size * size)
     return int(ACTIVATION_FACTOR * 4 * acts + 2 * 4 * 3 * height * width)
