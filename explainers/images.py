@@ -121,12 +121,16 @@ def check_frames(img: Image.Image, data: bytes, name: str = "the image") -> None
             frames.append(canvas)
     elif fmt == "TIFF":
         frames = []
-        try:
-            for i in range(MAX_FRAMES + 1):
+        for i in range(MAX_FRAMES + 1):
+            try:
                 img.seek(i)  # reads the page's IFD only
-                frames.append(img.size)
-        except EOFError:
-            pass
+            except EOFError:
+                break
+            except Exception:  # noqa: BLE001 - a later page Pillow cannot set up is never decoded either
+                if i == 0:
+                    raise
+                break
+            frames.append(img.size)
     else:
         count = int(getattr(img, "n_frames", 1) or 1)  # APNG: acTL; WebP: the animation's frame count
         frames = [img.size] * min(count, MAX_FRAMES + 1)
