@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
 import torch
@@ -42,6 +42,8 @@ class Capabilities:
     cam_layer: str | None
     tokens: bool  # outputs of its blocks are [B, tokens, C] sequences (a ViT): CAMs need a reshape
     distinct_activations: bool = True
+    # Each named module's output shape at the analysed input size (its last call); not part of equality.
+    layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def spatial(self) -> bool:
@@ -86,8 +88,9 @@ def _analyse(model: nn.Module, input_size: int, name: str) -> Capabilities:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         propagation, reason = False, f"the graph of {name or type(model).__name__} could not be analysed " \
                                      f"({type(exc).__name__}{': ' + first if first else ''})"
-    cam_layer, tokens = _spatial_layer(model, example)
-    return Capabilities(propagation, reason, residual, attention, depthwise, cam_layer, tokens, distinct)
+    shapes: dict[str, tuple[int, ...]] = {}
+    cam_layer, tokens = _spatial_layer(model, example, shapes)
+    return Capabilities(propagation, reason, residual, attention, depthwise, cam_layer, tokens, distinct, shapes)
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -144,8 +147,10 @@ def capabilities_of(bundle) -> Capabilities:
     return capabilities(bundle.model, bundle.input_size, bundle.label)
 
 
-def _spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str | None, bool]:
-    """(name of the last module to finish with a spatial map, whether blocks emit token sequences)."""
+def _spatial_layer(model: nn.Module, example: torch.Tensor,
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[str | None, bool]:
+    """(name of the last module to finish with a spatial map, whether blocks emit token sequences); fills
+    ``shapes`` with each module's output shape."""
     from .guard import twin
 
     probe = twin(model).eval()  # own modules and hook tables, shared weight storage
@@ -162,6 +167,8 @@ def _spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str | None,
             m.register_forward_hook(hook(n))
     with torch.no_grad():
         probe(example)
+    if shapes is not None:
+        shapes.update(finished)
     last = max((i for i, (_, s) in enumerate(finished) if len(s) == 4 and s[2] > 1 and s[3] > 1), default=None)
     start = -1 if last is None else last
     # Token sequences [B, T, C] produced after the last spatial map (a ViT's blocks after its patch embedding):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .errors import UnknownClass
@@ -43,17 +44,27 @@ def resolve_target(target: int | str | None, names: tuple[str, ...] | list[str])
     """
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise UnknownClass(f"Target {target!r} is not a class index or name.")
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
-        target = int(target.strip())
-    if isinstance(target, int):
+    import math
+    import numbers
+
+    from .errors import shown
+
+    if isinstance(target, bool) or not isinstance(target, str | numbers.Real):
+        raise UnknownClass(f"Target {shown(target)} is not a class index or name.")
+    if isinstance(target, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,18}\s*", target):
+        target = int(target)
+    if isinstance(target, numbers.Real) and not isinstance(target, numbers.Integral):
+        if not (math.isfinite(target) and float(target).is_integer()):
+            raise UnknownClass(f"Target {shown(target)} is not a class index (a whole number) or a name.")
+        target = int(target)
+    if isinstance(target, numbers.Integral):
+        target = int(target)
         if not 0 <= target < len(names):
             raise UnknownClass(
-                f"Class index {target} is out of range: this model has classes 0 to {len(names) - 1}."
+                f"Class index {shown(target, 30)} is out of range: this model has classes 0 to {len(names) - 1}."
             )
         return target
-    hits = find_classes(str(target), names)
+    hits = find_classes(target, names)
     if not hits:
-        raise UnknownClass(f"No class matches {target!r}. Try a shorter part of the name, e.g. 'cat'.")
+        raise UnknownClass(f"No class matches {shown(target)}. Try a shorter part of the name, e.g. 'cat'.")
     return hits[0]

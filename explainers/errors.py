@@ -65,3 +65,9 @@ class RelevanceNotPropagated(ExplainerError):
 
 class StoreError(ExplainerError):
     """The label/result store cannot be used as asked: locked, read-only, a bad import file (see store.py)."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message quotes what the user gave on one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,6 +22,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .errors import InvalidImage
 
 MAX_PIXELS = 50_000_000  # refuse anything larger before decoding it
+MAX_FRAMES = 1000  # frames of an animation or pages of a TIFF; only the first is used
+MAX_TOTAL_PIXELS = 10 * MAX_PIXELS  # all frames of one file together (a viewer decoding each would hold them)
 MIN_SIDE = 16  # a 1x1 image upscaled to 224x224 is a flat colour: nothing to explain
 # Preprocessing resizes the SHORT side to the model's input (~256 px), so the resized image has
 # 256^2 x aspect pixels: a 100000x16 strip (4.8 KB as PNG, under the pixel limit) would become 256x1.6M
@@ -82,8 +84,17 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
         raise InvalidImage(f"{name} could not be opened as an image ({type(exc).__name__}).") from exc
     check_size(*img.size, name)
     try:
+        check_frames(img, data, name)  # every frame's declared size and all frames together, without decoding
         img.seek(0)  # animated GIF/WebP/APNG, multi-page TIFF: only the first frame is ever decoded
         check_size(*img.size, name)  # a frame may declare another size than the file header
+        from . import memory  # lazily: keeps ``import explainers.images`` light
+
+        width, height = img.size
+        scale = memory.jpeg_draft_scale(width, height, img.mode, MIN_SIDE) if img.format == "JPEG" else 1
+        if scale > 1:  # libjpeg decodes at 1/2, 1/4 or 1/8 scale: what fits the memory budget
+            img.draft("RGB", (-(-width // scale), -(-height // scale)))
+        else:
+            memory.check_image(width, height, img.mode, name)
         img.load()
         img = ImageOps.exif_transpose(img)
         return to_rgb(img)
@@ -91,6 +102,82 @@ def load_image(source: bytes | str | Path | io.IOBase, name: str = "the file") -
         raise
     except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, odd modes
         raise InvalidImage(f"{name} is damaged or truncated and could not be decoded ({type(exc).__name__}).") from exc
+
+
+def check_frames(img: Image.Image, data: bytes, name: str = "the image") -> None:
+    """Decompression-bomb limits for every frame of a multi-frame file, read from headers only (nothing decoded).
+
+    Each frame (a TIFF page, a GIF image, which may extend Pillow's canvas beyond the logical screen) must be
+    under :data:`MAX_PIXELS`, there are at most :data:`MAX_FRAMES` frames, and all frames together at most
+    :data:`MAX_TOTAL_PIXELS` (what a viewer that decodes every frame would allocate).  APNG and WebP frames
+    lie within the checked canvas, so their count times the canvas is what is checked."""
+    fmt = img.format
+    if fmt == "GIF":
+        sizes = _gif_frame_extents(data)
+        canvas = img.size
+        frames = []
+        for x1, y1 in sizes:  # Pillow grows its canvas to every frame's extent
+            canvas = (max(canvas[0], x1), max(canvas[1], y1))
+            frames.append(canvas)
+    elif fmt == "TIFF":
+        frames = []
+        for i in range(MAX_FRAMES + 1):
+            try:
+                img.seek(i)  # reads the page's IFD only
+            except EOFError:
+                break
+            except Exception:  # noqa: BLE001 - a later page Pillow cannot set up is never decoded either
+                if i == 0:
+                    raise
+                break
+            frames.append(img.size)
+    else:
+        count = int(getattr(img, "n_frames", 1) or 1)  # APNG: acTL; WebP: the animation's frame count
+        frames = [img.size] * min(count, MAX_FRAMES + 1)
+    if len(frames) > MAX_FRAMES:
+        raise InvalidImage(f"{name} has more than {MAX_FRAMES} frames; only still images (or short animations, "
+                           "of which the first frame is used) are accepted.")
+    total = 0
+    for i, (w, h) in enumerate(frames):
+        if w * h > MAX_PIXELS:
+            raise InvalidImage(f"{name}: frame {i + 1} is {w}x{h} pixels ({w * h / 1e6:.0f} MP); the limit is "
+                               f"{MAX_PIXELS / 1e6:.0f} MP per frame.")
+        total += w * h
+    if total > MAX_TOTAL_PIXELS:
+        raise InvalidImage(f"{name} has {len(frames)} frames of {total / 1e6:.0f} MP together; the limit is "
+                           f"{MAX_TOTAL_PIXELS / 1e6:.0f} MP for all frames of a file.")
+
+
+def _gif_frame_extents(data: bytes) -> list[tuple[int, int]]:
+    """(x0 + width, y0 + height) of every image descriptor in a GIF, by walking its blocks (no LZW decoding);
+    stops at the trailer, at damaged structure, or after :data:`MAX_FRAMES` + 1 frames."""
+    out: list[tuple[int, int]] = []
+    if len(data) < 13:
+        return out
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+
+    def skip_sub_blocks(p: int) -> int:
+        while p < len(data) and data[p]:
+            p += data[p] + 1
+        return p + 1
+
+    while pos < len(data) and len(out) <= MAX_FRAMES:
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos = skip_sub_blocks(pos + 2)
+        elif block == 0x2C:  # image descriptor
+            if pos + 10 > len(data):
+                break
+            x0, y0, w, h = (int.from_bytes(data[pos + 1 + 2 * k:pos + 3 + 2 * k], "little") for k in range(4))
+            out.append((x0 + w, y0 + h))
+            flags = data[pos + 9]
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            pos = skip_sub_blocks(pos + 1)  # LZW minimum code size, then the data sub-blocks
+        else:
+            break
+    return out
 
 
 def check_size(width: int, height: int, name: str = "the image") -> None:

@@ -71,3 +71,25 @@ def vit_reshape_transform(bundle: ModelBundle):
         return body.reshape(body.shape[0], grid[0], grid[1], body.shape[2]).permute(0, 3, 1, 2)
 
     return transform
+
+
+def cam_layer(bundle: ModelBundle, name: str = "", method: str = "a CAM") -> str:
+    """The CAM target layer: ``name`` (checked) or the family default.
+
+    A named layer must output what a CAM weighs: a spatial map ``[B, C, H, W]`` with H or W > 1 on a CNN, a
+    token sequence ``[B, T, C]`` on a ViT.  A linear head, a pooled vector or a layer the forward pass never
+    calls is one clear line here instead of a shape error deep inside the CAM library."""
+    if not name:
+        return default_cam_layer(bundle)
+    named_layer(bundle.model, name)  # unknown names: the message with examples
+    from .capabilities import capabilities_of
+
+    caps = capabilities_of(bundle)
+    shape = caps.layer_shapes.get(name)
+    ok = shape is not None and (len(shape) == 3 if caps.tokens else len(shape) == 4 and max(shape[2:]) > 1)
+    if not ok:
+        what = "is not called by the forward pass" if shape is None else f"outputs shape {list(shape)}"
+        want = "a token sequence [B, T, C]" if caps.tokens else "a spatial map [B, C, H, W]"
+        raise InvalidOption(f"{method} cannot use layer {name!r}: it {what}, not {want}; choose a convolutional "
+                            f"block (the default is {default_cam_layer(bundle)!r}).")
+    return name

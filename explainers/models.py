@@ -129,6 +129,9 @@ class ModelBundle:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
+        from .memory import check_preprocess
+
+        check_preprocess(*image.size, self.prep.resize_size, self.prep.crop_size, self.prep.interpolation)
         mode = InterpolationMode.BICUBIC if self.prep.interpolation == "bicubic" else InterpolationMode.BILINEAR
         img = F.resize(image.convert("RGB"), self.prep.resize_size, interpolation=mode)
         img = F.center_crop(img, self.prep.crop_size)

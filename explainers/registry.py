@@ -43,31 +43,56 @@ class Option:
     display: bool = False  # applied when rendering from the cached raw map (e.g. heat-quantisation bins)
 
     def validate(self, value: Any) -> Any:
-        """Coerce and check a value; raise :class:`InvalidOption` with a readable reason."""
-        try:
-            if self.kind == "bool":
-                if isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(value)
-                    value = value.lower() in ("true", "1", "yes")
+        """Coerce and check a value; raise :class:`InvalidOption` with a readable one-line reason.
+
+        Accepted: the option's own type, numeric strings for numbers (the CLI's ``--option k=v``), integral
+        floats for ints and the usual words for bools; refused: anything else (None, containers, NaN, inf,
+        2.5 for an int, 7 for a bool), and numbers outside [min, max]."""
+        import math
+        import numbers
+
+        from .errors import shown
+
+        def wrong() -> InvalidOption:
+            return InvalidOption(f"Option {self.name!r} expects a {self.kind}, got {shown(value)}.")
+
+        if self.kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.strip().lower() in ("true", "1", "yes")
+            if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
                 return bool(value)
-            if self.kind == "int":
-                value = int(value)
-            elif self.kind == "float":
-                value = float(value)
-            elif self.kind in ("str", "choice"):
-                value = str(value)
-        except (TypeError, ValueError):
-            raise InvalidOption(f"Option {self.name!r} expects a {self.kind}, got {value!r}.") from None
-        if self.kind == "choice" and value not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
-            raise InvalidOption(f"Option {self.name!r} must be one of {allowed}; got {value!r}.")
-        if self.kind in ("int", "float"):
-            if value != value:  # NaN
-                raise InvalidOption(f"Option {self.name!r} must be a number, got NaN.")
-            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-                raise InvalidOption(f"Option {self.name!r} must lie in [{self.min}, {self.max}]; got {value}.")
-        return value
+            raise wrong()
+        if self.kind in ("str", "choice"):
+            if not isinstance(value, str | numbers.Real) or (isinstance(value, bool) and self.kind == "str"):
+                raise wrong()
+            value = str(value)
+            if self.kind == "choice" and value not in self.choices:
+                allowed = ", ".join(map(str, self.choices))
+                raise InvalidOption(f"Option {self.name!r} must be one of {allowed}; got {shown(value)}.")
+            return value
+        # int / float: a real number, finite, within [min, max]
+        if isinstance(value, bool) or not isinstance(value, str | numbers.Real):
+            raise wrong()
+        try:
+            number = float(value.strip()) if isinstance(value, str) else value
+            number = int(number) if isinstance(number, numbers.Integral) else float(number)
+            if isinstance(value, str) and self.kind == "int" and len(value) < 100:
+                try:
+                    number = int(value.strip())
+                except ValueError:
+                    pass
+        except (ValueError, OverflowError):
+            raise wrong() from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise InvalidOption(f"Option {self.name!r} must be a finite number, got {shown(value)}.")
+        if self.kind == "int":
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise InvalidOption(f"Option {self.name!r} expects a whole number, got {shown(value)}.")
+                number = int(number)
+        if (self.min is not None and number < self.min) or (self.max is not None and number > self.max):
+            raise InvalidOption(f"Option {self.name!r} must lie in [{self.min}, {self.max}]; got {shown(number)}.")
+        return number if self.kind == "int" else float(number)  # within bounds: a float can hold it
 
 
 @dataclass
@@ -193,7 +218,7 @@ def _requested_targets(bundle: ModelBundle, n: int,
     """The requested class index per image; -1 where the predicted class is wanted."""
     if target is None:
         return torch.full((n,), -1, dtype=torch.long)
-    if isinstance(target, (int, str)):
+    if not isinstance(target, list | tuple):  # one index or name for every image (torch/numpy scalars too)
         target = [target] * n
     if len(target) != n:
         raise UnknownClass(f"{len(target)} targets were given for {n} images.")
@@ -217,6 +242,9 @@ def explain_batch(bundle: ModelBundle, x: torch.Tensor, method: str,
     x = x.to(bundle.device)
     if x.shape[0] == 1 and isinstance(target, (list, tuple)) and len(target) > 1:
         x = x.expand(len(target), -1, -1, -1).contiguous()
+    from .memory import check_method
+
+    check_method(spec, opts, bundle, x)  # the options' and the batch's memory against the device's
     requested = _requested_targets(bundle, x.shape[0], target).to(bundle.device)
     if spec.own_forward:
         start = time.perf_counter()

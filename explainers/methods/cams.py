@@ -19,7 +19,7 @@ import torch
 
 from ..capabilities import CONV_MAP, capabilities_of
 from ..guard import model_guard
-from ..layers import default_cam_layer, named_layer, vit_reshape_transform
+from ..layers import cam_layer, named_layer, vit_reshape_transform
 from ..models import ModelBundle
 from ..registry import MethodOutput, MethodSpec, Option, register
 
@@ -42,7 +42,7 @@ def run_cam(cam_class, bundle: ModelBundle, x: torch.Tensor, targets: torch.Tens
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     configure = cam_kwargs.pop("_configure", None)
-    layer_name = opts.get("layer") or default_cam_layer(bundle)
+    layer_name = cam_layer(bundle, opts.get("layer", ""), cam_class.__name__.lower())
     with model_guard(bundle, view_key=f"cam:{cam_class.__name__}") as model:
         layer = named_layer(model, layer_name)
         reshape = vit_reshape_transform(bundle) if capabilities_of(bundle).tokens else None
@@ -66,7 +66,7 @@ def _gradcam(bundle, x, targets, opts):
     if not (opts.get("aug_smooth") or opts.get("eigen_smooth") or capabilities_of(bundle).tokens):
         from .gradcam_native import gradcam_maps
 
-        layer_name = opts.get("layer") or default_cam_layer(bundle)
+        layer_name = cam_layer(bundle, opts.get("layer", ""), "gradcam")
         maps, native = gradcam_maps(bundle, x, targets, layer_name)
         return MethodOutput(attribution=maps, native_resolution=native, extras={"layer": layer_name})
     from pytorch_grad_cam import GradCAM
