@@ -149,7 +149,8 @@ def method_picker(bundle: explainers.ModelBundle, key: str,
     chosen = st.multiselect("Methods", ids, default=None if key in st.session_state else
                             [m for m in first if m in ids], key=key, format_func=lambda m: METHODS[m].name)
     kept[key] = list(chosen)
-    link.write({"methods": ",".join(chosen)})
+    st.session_state["link_methods_shown"] = ",".join(chosen)  # pages without a picker keep these in their URL
+    link.write({"methods": st.session_state["link_methods_shown"]})
     unsupported = [m for m in METHODS.values() if m.id not in ids]
     if unsupported:
         with st.expander(f"Not available for {bundle.label}: {len(unsupported)} methods"):
@@ -321,7 +322,10 @@ def _sidebar() -> Context | None:
         ctx = Context(bundle=bundle, model_key=f"{bundle.fingerprint}|{device}", image=image, image_name=image_name,
                       image_hash=image_hash(data), x=x, display=display, top5=top5, target=target,
                       true_label=true_label, dataset=dataset)
-    link.write({"model": name, **url_image, "target": str(target) if url_image["image"] else None})
+    # (a page switch clears the query string; a page without a methods picker keeps the last one's methods)
+    link.write({"model": name, **url_image, "target": str(target) if url_image["image"] else None,
+                **({"methods": st.session_state["link_methods_shown"]} if "link_methods_shown" in st.session_state
+                   else {})})
     st.session_state["ctx"] = ctx
     return ctx
 
