@@ -63,6 +63,7 @@ def _captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions]
 
 
+@pytest.mark.slow  # 18-20 s on the loaded 2-core machine (two maps, the app's first run)
 def test_a_link_reopens_its_view_and_the_url_follows_changes():
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params.update(model="efficientnet_lite0", image="coffee", target="967", methods="gradcam,saliency")
