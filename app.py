@@ -4,6 +4,8 @@ Navigation only.  The sidebar every page shares (device, model, image, target)
 is drawn by ``pages.common.require_context()``, which each page calls first:
 elements drawn by the entry script outside ``navigation.run()`` are not re-sent
 on reruns under Streamlit's AppTest (1.67), so the tests could not drive them.
+Each page's URL path is its file name (``/srd_explorer``; Compare, the default, is ``/``); ``pages/link.py`` keeps
+the rest of the view (model, image, target, methods) in the query string, so a link reopens page and view.
 Run with ``streamlit run app.py``.
 """
 

@@ -23,6 +23,7 @@ from explainers.classes import find_classes, resolve_target, short_name
 from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
 from explainers.redact import public
+from pages import link
 
 UNTRAINED = "untrained (architecture only)"
 
@@ -132,14 +133,24 @@ def method_picker(bundle: explainers.ModelBundle, key: str,
     from explainers import METHODS, methods_for
 
     ids = [m.id for m in methods_for(bundle)]
+    kept = st.session_state.setdefault("methods_kept", {})
+    if key not in st.session_state and key in kept:  # Streamlit dropped the widget on another page: restore it
+        st.session_state[key] = kept[key]
     if key in st.session_state:
         dropped = [m for m in st.session_state[key] if m not in ids]
         st.session_state[key] = [m for m in st.session_state[key] if m in ids]
         if dropped:
             st.info(f"Not available for {bundle.label}, so removed: "
                     f"{', '.join(METHODS[m].name for m in dropped)}.", icon=":material/info:")
+    first = default if link.default_methods() is None else link.default_methods()  # a link's: every picker's
+    if key not in st.session_state and [m for m in first if m not in ids]:
+        st.info(f"Not available for {bundle.label}, so not chosen: "
+                f"{', '.join(METHODS[m].name for m in first if m not in ids)}.", icon=":material/info:")
     chosen = st.multiselect("Methods", ids, default=None if key in st.session_state else
-                            [m for m in default if m in ids], key=key, format_func=lambda m: METHODS[m].name)
+                            [m for m in first if m in ids], key=key, format_func=lambda m: METHODS[m].name)
+    kept[key] = list(chosen)
+    st.session_state["link_methods_shown"] = ",".join(chosen)  # pages without a picker keep these in their URL
+    link.write({"methods": st.session_state["link_methods_shown"]})
     unsupported = [m for m in METHODS.values() if m.id not in ids]
     if unsupported:
         with st.expander(f"Not available for {bundle.label}: {len(unsupported)} methods"):
@@ -238,6 +249,7 @@ def _sidebar() -> Context | None:
         project = sources.project_models()  # relevance-explorer.toml's models, next to the zoo
         rows.update({n: {"name": f"{n} (project)", "available": ckpt, "where": ""} for n, ckpt in project.items()})
         names = list(MODEL_SPECS) + [n for n in project if n not in MODEL_SPECS]
+        link.read_once(names, sources.dataset_names())  # a session's first run: the URL's view, validated
         name = st.selectbox("Model", names, index=names.index(DEFAULT_MODEL), key="model",
                             format_func=lambda n: _model_label(rows[n]))
         row = rows[name]
@@ -264,11 +276,14 @@ def _sidebar() -> Context | None:
                                          else [])
         source = st.radio("Image", kinds, horizontal=True, key="image_source")
         true_label = dataset = None
+        url_image: dict[str, str | None] = {"image": None, "dataset": None}  # an upload has no URL
         if source == "Dataset":
             picked = sources.dataset_image(bundle, f"{bundle.fingerprint}|{device}")
             if picked is None:
                 return None
             data, image_name, true_label, dataset = picked.data, picked.name, picked.true_label, picked.dataset
+            if dataset in sources.dataset_names():  # registered by name (a typed server path is never put in a URL)
+                url_image = {"image": picked.name, "dataset": dataset}
             remember = False
         elif source == "Upload":
             upload = st.file_uploader("Upload an image", type=None, key="upload",
@@ -287,6 +302,7 @@ def _sidebar() -> Context | None:
             keys = list(GALLERY)
             key = st.selectbox("Sample image", keys, key="gallery", format_func=lambda k: GALLERY[k].label)
             data, image_name = GALLERY[key].png_bytes(), f"{key}.png"
+            url_image = {"image": key, "dataset": None}
             remember = False
         try:
             image = decode(data, image_name)
@@ -306,6 +322,10 @@ def _sidebar() -> Context | None:
         ctx = Context(bundle=bundle, model_key=f"{bundle.fingerprint}|{device}", image=image, image_name=image_name,
                       image_hash=image_hash(data), x=x, display=display, top5=top5, target=target,
                       true_label=true_label, dataset=dataset)
+    # (a page switch clears the query string; a page without a methods picker keeps the last one's methods)
+    link.write({"model": name, **url_image, "target": str(target) if url_image["image"] else None,
+                **({"methods": st.session_state["link_methods_shown"]} if "link_methods_shown" in st.session_state
+                   else {})})
     st.session_state["ctx"] = ctx
     return ctx
 
@@ -330,6 +350,12 @@ def _truth_caption(bundle: explainers.ModelBundle, dataset: str | None, true_lab
 
 
 def _target_picker(bundle: explainers.ModelBundle, top5: list[tuple[int, str, float]]) -> int | None:
+    wanted = link.pending_target(len(bundle.class_names))  # a link's target: top-5 when it is there, else search
+    if wanted is not None:
+        if wanted in [i for i, _, _ in top5]:
+            st.session_state.update(target_mode="Top-5", target_top5=wanted)
+        else:
+            st.session_state.update(target_mode="Search", target_query=str(wanted), target_match=wanted)
     mode = st.radio("Target class", ["Top-5", "Search"], horizontal=True, key="target_mode")
     if mode == "Top-5":
         options = [i for i, _, _ in top5]

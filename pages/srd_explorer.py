@@ -11,6 +11,8 @@ All computation is in ``explainers.methods.srd``; this page reads widgets, cache
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -158,9 +160,24 @@ if st.session_state.get("srd_grid_of") != (ctx.image_hash, ctx.model_key, layer)
         r0, c0 = np.unravel_index(int(np.argmax(layer_map)), layer_map.shape)
         st.session_state["srd_row"], st.session_state["srd_col"] = int(r0), int(c0)
     st.session_state["srd_grid_of"] = (ctx.image_hash, ctx.model_key, layer)
-    st.session_state["srd_last_click"] = None
 
-# The clickable grid: the layer's SRD map over the image, one marker per PFV.
+
+def _grid_clicked(chart_key: str, shown_layer: str, grid: tuple[int, int], display: tuple[int, int]) -> None:
+    """The grid's on_select callback (runs before the rerun, so it may set the Row/Column widgets): the clicked
+    cell of the layer the chart shows becomes the PFV.  The chart then gets a fresh key, so no selection lingers:
+    plotly toggles a selected point off when it is clicked again, and the next click, even on the same marker,
+    is a new selection (with one kept selection, a click on it "did nothing")."""
+    event = st.session_state.get(chart_key)
+    selection = getattr(event, "selection", None) if not isinstance(event, dict) else event.get("selection")
+    points = (selection.get("points") if isinstance(selection, dict) else getattr(selection, "points", None)) or []
+    click = srd.grid_click(list(points), shown_layer, grid, display)
+    if click is None or st.session_state.get("srd_layer") != shown_layer:
+        return
+    st.session_state["srd_row"], st.session_state["srd_col"] = click[1], click[2]
+    st.session_state["srd_clicks"] = st.session_state.get("srd_clicks", 0) + 1
+
+
+# The clickable grid: the layer's SRD map over the image, one marker per PFV (hover shows its row and column).
 H, W = ctx.display.height, ctx.display.width
 fig = go.Figure(go.Image(z=_overlay(layer_map, opacity), hoverinfo="skip"))
 rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
@@ -169,17 +186,16 @@ fig.add_trace(go.Scatter(x=gx, y=gy, mode="markers",
                          marker={"size": max(3, min(14, int(360 / max(h, w)))), "opacity": 0.25, "color": "white"},
                          customdata=np.stack([rr.flatten(), cc.flatten()], 1),
                          hovertemplate="row %{customdata[0]}, col %{customdata[1]}<extra></extra>"))
-fig.update_layout(height=380, margin={"t": 10, "b": 10, "l": 10, "r": 10}, showlegend=False,
-                  xaxis={"visible": False}, yaxis={"visible": False})
+# The axes span exactly the image (constrain="domain" shrinks the plot area instead of padding the range), so
+# the plot area is the image: a click there is on a cell, and a test can compute where a cell is drawn.
+fig.update_layout(height=380, margin={"t": 10, "b": 10, "l": 10, "r": 10}, showlegend=False, clickmode="event+select",
+                  hovermode="closest", dragmode=False,
+                  xaxis={"visible": False, "range": [-0.5, W - 0.5], "constrain": "domain"},
+                  yaxis={"visible": False, "range": [H - 0.5, -0.5], "constrain": "domain", "scaleanchor": "x"})
+chart_key = f"srd_grid_{layer}_{h}x{w}_{st.session_state.get('srd_clicks', 0)}"  # per layer, grid and click
 with left:
-    # One chart key per layer and grid: a selection made on another layer's grid never carries over.
-    event = st.plotly_chart(fig, key=f"srd_grid_{layer}_{h}x{w}", on_select="rerun", selection_mode="points")
-points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-    list(getattr(getattr(event, "selection", None), "points", []) or [])
-click = srd.grid_click(points, layer, (h, w), (H, W))
-if click is not None and click != st.session_state.get("srd_last_click"):
-    st.session_state["srd_last_click"] = click
-    st.session_state["srd_row"], st.session_state["srd_col"] = click[1], click[2]
+    st.plotly_chart(fig, key=chart_key, selection_mode="points",
+                    on_select=functools.partial(_grid_clicked, chart_key, layer, (h, w), (H, W)))
 row = right.number_input("Row", min_value=0, max_value=h - 1, step=1, key="srd_row")
 col = right.number_input("Column", min_value=0, max_value=w - 1, step=1, key="srd_col")
 pos = (int(row), int(col))
