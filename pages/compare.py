@@ -95,7 +95,8 @@ def _remember_done(sig: str) -> None:
 
 @st.dialog("Full resolution", width="large")
 def _enlarged(title: str, rgb, bar, labels: str) -> None:
-    st.image(render.enlarge(rgb), caption=f"{title} ({rgb.shape[1]}x{rgb.shape[0]} px, each shown as a block)")
+    st.image(render.enlarge(rgb), caption=f"{title} ({rgb.shape[1]}x{rgb.shape[0]} px, each shown as a block)",
+             output_format="PNG")
     st.image(bar, width="stretch")
     st.caption(labels)
 
@@ -112,7 +113,7 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
     rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
     bar = render.colorbar(cmap, signed=res.signed)
     labels = render.colorbar_labels(render.limit(shown, res.signed, clip), res.signed, render.unit(spec.family), clip)
-    st.image(rgb, caption=spec.name, width="stretch")
+    st.image(rgb, caption=spec.name, width="stretch", output_format="PNG")  # lossless: pixel-level maps stay exact
     st.image(bar, width="stretch")
     st.caption(labels)
     native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
