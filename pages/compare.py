@@ -10,6 +10,7 @@ instead of starting it again.  The map cache stores only finished maps, so nothi
 Display controls (view, opacity, colormaps, colour limit, bins) only re-render cached maps.
 """
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import streamlit as st
 
 from explainers import METHODS, render
+from explainers.cache import ByteLRU
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
 from explainers.progress import Cancelled, progress_callback
@@ -63,6 +65,18 @@ def _estimate(model_key: str, method: str, options_json: str, _bundle) -> float 
         return estimate_seconds(_bundle, method, json.loads(options_json))
     except Exception:  # noqa: BLE001 - an estimate is a courtesy; the computation reports real errors
         return None
+
+
+@st.cache_resource
+def _encoded_images() -> ByteLRU:
+    """Encoded tile images, shared by sessions (32 MB): a heatmap that a display change leaves as it was (e.g. the
+    opacity slider) is not encoded again; PNG encoding was most of a display rerun's time."""
+    return ByteLRU(32 * 2**20)
+
+
+def encoded(rgb, lossless: bool) -> bytes:
+    key = (hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest(), rgb.shape, lossless)
+    return _encoded_images().get_or_compute(key, lambda: render.encode(rgb, lossless))
 
 
 def tile_key(tile: str) -> str:
@@ -113,8 +127,9 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
     rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
     bar = render.colorbar(cmap, signed=res.signed)
     labels = render.colorbar_labels(render.limit(shown, res.signed, clip), res.signed, render.unit(spec.family), clip)
-    st.image(rgb, caption=spec.name, width="stretch", output_format="PNG")  # lossless: pixel-level maps stay exact
-    st.image(bar, width="stretch")
+    # maps alone exact (PNG), overlays as JPEG (mostly a photo); both encoded once per distinct picture
+    st.image(encoded(rgb, lossless=kind != "overlay"), caption=spec.name, width="stretch")
+    st.image(encoded(bar, lossless=True), width="stretch")
     st.caption(labels)
     native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
     st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f} · {kind}")
