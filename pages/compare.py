@@ -128,8 +128,9 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
     bar = render.colorbar(cmap, signed=res.signed)
     labels = render.colorbar_labels(render.limit(shown, res.signed, clip), res.signed, render.unit(spec.family), clip)
     # maps alone exact (PNG), overlays as JPEG (mostly a photo); both encoded once per distinct picture
-    st.image(encoded(rgb, lossless=kind != "overlay"), caption=spec.name, width="stretch")
-    st.image(encoded(bar, lossless=True), width="stretch")
+    exact = kind != "overlay"  # (output_format: "auto" would turn the PNG bytes into a JPEG)
+    st.image(encoded(rgb, exact), caption=spec.name, width="stretch", output_format="PNG" if exact else "JPEG")
+    st.image(encoded(bar, lossless=True), width="stretch", output_format="PNG")
     st.caption(labels)
     native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
     st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f} · {kind}")
