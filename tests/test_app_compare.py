@@ -200,3 +200,10 @@ def test_cheap_first_and_a_stopped_method_stays_stopped_until_run(monkeypatch):
     finally:
         METHODS.pop("test-dear", None)
         METHODS.pop("test-cheap", None)
+
+
+def test_enlarge_shows_the_map_at_full_resolution():
+    at = start()
+    at.button(key="zoom_gradcam").click().run()
+    assert not at.exception, at.exception
+    assert any(c.endswith("(224x224 px, each shown as a block)") for img in at.image for c in img.captions)
