@@ -1,12 +1,21 @@
-"""Progress reporting without coupling the library to a UI.
+"""Progress reporting and cancellation without coupling the library to a UI.
 
 Long-running code calls :func:`report`; whoever drives it (a Streamlit page, the
 CLI's tqdm bar, a test) installs a callback with :func:`progress_callback`.
 A context variable keeps concurrent browser sessions apart.
+
+Cancellation rides on the same calls: a driver that wants a Stop button runs the
+work inside :func:`cancellable` and calls ``token.cancel()`` from any thread; the
+next :func:`report` (or :func:`check`) in the work raises :class:`Cancelled`, so
+the work ends at a point where it is safe to, and nothing partial is returned or
+cached (the cache stores only what a computation returns).  In the Streamlit app a
+button click does this by itself: its rerun interrupts the script at the next
+progress update.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,8 +24,37 @@ ProgressFn = Callable[[float, str], None]
 _callback: ContextVar[ProgressFn | None] = ContextVar("explainers_progress", default=None)
 
 
+class Cancelled(Exception):
+    """The work was stopped on request (not a failure): no result exists."""
+
+
+class CancelToken:
+    """A thread-safe stop flag: ``cancel()`` from anywhere, checked by :func:`report` in the working thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+_token: ContextVar[CancelToken | None] = ContextVar("explainers_cancel", default=None)
+
+
+def check() -> None:
+    """Raise :class:`Cancelled` if the current work was asked to stop (for loops that report no progress)."""
+    token = _token.get()
+    if token is not None and token.cancelled:
+        raise Cancelled("Stopped on request.")
+
+
 def report(fraction: float, text: str = "") -> None:
-    """Tell the current listener (if any) that ``fraction`` in [0, 1] of the work is done."""
+    """Tell the current listener (if any) that ``fraction`` in [0, 1] of the work is done; stop if asked to."""
+    check()
     cb = _callback.get()
     if cb is not None:
         cb(min(max(float(fraction), 0.0), 1.0), text)
@@ -29,3 +67,14 @@ def progress_callback(fn: ProgressFn | None) -> Iterator[None]:
         yield
     finally:
         _callback.reset(token)
+
+
+@contextmanager
+def cancellable(token: CancelToken | None = None) -> Iterator[CancelToken]:
+    """Run the block with a stop flag (a new one unless given); :func:`report` inside raises once it is set."""
+    token = token or CancelToken()
+    reset = _token.set(token)
+    try:
+        yield token
+    finally:
+        _token.reset(reset)

@@ -1,15 +1,33 @@
-"""Compare: the input and one heatmap per chosen method, side by side."""
+"""Compare: the input and one map per chosen method, side by side.
 
+Every tile is laid out first (a placeholder in the grid), then the maps are computed cheapest first (by
+explainers.estimate) and each tile is filled the moment its map is ready.  A slow method (estimate over 5 s)
+shows its estimate, a progress bar and a Stop button.  Stop works through Streamlit itself: the click reruns
+the script, which interrupts the computation at its next progress update; the click's callback remembers the
+method as stopped (per image, model, target and options), so the rerun shows "Stopped" with a Run button
+instead of starting it again.  The map cache stores only finished maps, so nothing partial is ever kept.
+
+Display controls (view, opacity, colormaps, colour limit, bins) only re-render cached maps.
+"""
+
+import hashlib
 import json
 import re
+from typing import Any
 
 import streamlit as st
 
 from explainers import METHODS, render
+from explainers.cache import ByteLRU
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
-from explainers.progress import progress_callback
+from explainers.progress import Cancelled, progress_callback
 from pages import common
+
+SLOW_SECONDS = 5.0  # estimates above this get a progress bar and a Stop button
+STOPPED, DONE = "compare_stopped", "compare_done"
+VIEW_HELP = ("auto: pixel-level maps (LRP family, SRD at input resolution, gradients) as a heatmap alone, CAMs and "
+             "coarse maps over the image. Each tile can override it. Display only: nothing is recomputed.")
 
 ctx = common.require_context()
 bundle = ctx.bundle
@@ -18,10 +36,14 @@ st.title("Compare attribution methods")
 common.untrained_warning(bundle)
 chosen, options = common.method_picker(bundle, "compare_methods")
 
-c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2])
-opacity = c1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity")
-seq_cmap = c2.selectbox("Colormap", render.SEQUENTIAL, key="compare_cmap")
-div_cmap = c3.selectbox("Colormap (signed maps)", render.DIVERGING, key="compare_cmap_signed")
+c0, c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2, 2])
+view = c0.selectbox("View", render.VIEWS, key="compare_view", help=VIEW_HELP)
+opacity = c1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity", help="Overlay view only.")
+seq_cmap = c2.selectbox("Colormap", render.SEQUENTIAL, key="compare_cmap",
+                        help="inferno, viridis, magma, cividis: perceptually uniform. jet: not (kept for habit).")
+div_cmap = c3.selectbox("Colormap (signed maps)", render.DIVERGING, key="compare_cmap_signed",
+                        help="berlin, vanimo, managua: perceptually uniform diverging maps (dark zero); RdBu_r: "
+                             "light zero. Zero is always the centre colour.")
 clip = c4.slider("Colour limit (percentile)", 90.0, 100.0, 99.5, 0.5, key="compare_clip",
                  help="The colour scale ends at this percentile of |relevance|; larger values saturate. "
                       "100 = the maximum. Pixel-level gradient maps look blank at 100 because of a few "
@@ -36,12 +58,6 @@ if not chosen:
     st.stop()
 
 
-try:  # Streamlit internals: see ``within`` below; without them progress updates are simply recorded
-    from streamlit.runtime.caching.cached_message_replay import in_cached_function as _in_cached_function
-except ImportError:  # pragma: no cover - other Streamlit versions
-    _in_cached_function = None
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def _estimate(model_key: str, method: str, options_json: str, _bundle) -> float | None:
     """Expected seconds for one map (explainers.estimate); cached so display-only reruns cost nothing."""
@@ -51,66 +67,155 @@ def _estimate(model_key: str, method: str, options_json: str, _bundle) -> float 
         return None
 
 
-slow = []
-for method in chosen:
+@st.cache_resource
+def _encoded_images() -> ByteLRU:
+    """Encoded tile images, shared by sessions (32 MB): a heatmap that a display change leaves as it was (e.g. the
+    opacity slider) is not encoded again; PNG encoding was most of a display rerun's time."""
+    return ByteLRU(32 * 2**20)
+
+
+def encoded(rgb, lossless: bool) -> bytes:
+    key = (hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest(), rgb.shape, lossless)
+    return _encoded_images().get_or_compute(key, lambda: render.encode(rgb, lossless))
+
+
+def tile_key(tile: str) -> str:
+    """The tile container's key ("st-key-tile-<id>" in the page): what the browser test waits on."""
+    return "tile-" + re.sub(r"[^a-z0-9]", "-", tile.lower())
+
+
+def signature(method: str) -> str:
+    """What a map depends on (image, model, target, compute options): a stop holds until one of these changes."""
     compute, _ = METHODS[method].split_options(options.get(method, {}))
-    seconds = _estimate(ctx.model_key, method, json.dumps(compute, sort_keys=True, default=str), bundle)
-    if seconds is not None and seconds > 5:
-        slow.append(f"{METHODS[method].name} {describe_estimate(seconds)}")
-if slow:
-    st.caption(f"Expected time on {bundle.device} (first run; cached afterwards): {'; '.join(slow)}. "
-               "Score-CAM/Ablation-CAM use only the top-k channels on a CPU by default (option top k).")
+    return json.dumps([ctx.image_hash, ctx.model_key, ctx.target, method, compute], sort_keys=True, default=str)
 
-results, errors = {}, {}
-progress = st.progress(0.0, text="Computing maps ...")
-for i, method in enumerate(chosen):
-    label = f"{METHODS[method].name} ({i + 1}/{len(chosen)})"
-    progress.progress(i / len(chosen), text=f"{label} ...")
 
-    def within(fraction: float, text: str, i: int = i, label: str = label) -> None:
-        """Progress reported by a slow method (explainers.progress.report) moves this method's share of the bar.
+def _stop(sig: str) -> None:
+    """Stop button callback: runs before the rerun the click causes (that rerun interrupted the computation)."""
+    st.session_state.setdefault(STOPPED, set()).add(sig)
 
-        It runs inside ``st.cache_data``, which records element updates to replay them on a cache hit; a replayed
-        update of this bar (created outside the cached function) would fail, so the update is not recorded.
-        """
-        token = _in_cached_function.set(False) if _in_cached_function is not None else None
-        try:
-            progress.progress(min((i + fraction) / len(chosen), 1.0), text=f"{label}: {text or '...'}")
-        finally:
-            if token is not None:
-                _in_cached_function.reset(token)
 
-    try:
-        with progress_callback(within):
-            results[method] = common.explanation(ctx, method, options.get(method, {}))
-    except Exception as exc:  # noqa: BLE001 - shown per method; the other maps still render
-        errors[method] = exc
-progress.empty()
+def _run_again(sig: str) -> None:
+    st.session_state.setdefault(STOPPED, set()).discard(sig)
 
+
+def _remember_done(sig: str) -> None:
+    """Maps finished in this session: a Stop clicked after its map was done does not hide the map."""
+    done = st.session_state.setdefault(DONE, {})
+    done[sig] = True
+    while len(done) > 512:
+        done.pop(next(iter(done)))
+
+
+@st.dialog("Full resolution", width="large")
+def _enlarged(title: str, rgb, bar, labels: str) -> None:
+    st.image(render.enlarge(rgb), caption=f"{title} ({rgb.shape[1]}x{rgb.shape[0]} px, each shown as a block)",
+             output_format="PNG")
+    st.image(bar, width="stretch")
+    st.caption(labels)
+
+
+def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
+    """One finished map: its view (the tile's own choice, else the page's), colour bar with units, buttons."""
+    spec = METHODS[tile]
+    shown = spec.display_map(res.attribution, method_opts)
+    cmap = div_cmap if res.signed else seq_cmap
+    auto = render.default_view(spec.family, res.signed, res.native_resolution, tuple(shown.shape))
+    own = st.segmented_control("View of this map", ("heatmap", "overlay", "side by side"), key=f"view_{tile}",
+                               label_visibility="collapsed", help=f"Empty: the page's view ({view}; auto = {auto})")
+    kind = own or (auto if view == "auto" else view)
+    rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
+    bar = render.colorbar(cmap, signed=res.signed)
+    labels = render.colorbar_labels(render.limit(shown, res.signed, clip), res.signed, render.unit(spec.family), clip)
+    # maps alone exact (PNG), overlays as JPEG (mostly a photo); both encoded once per distinct picture
+    exact = kind != "overlay"  # (output_format: "auto" would turn the PNG bytes into a JPEG)
+    st.image(encoded(rgb, exact), caption=spec.name, width="stretch", output_format="PNG" if exact else "JPEG")
+    st.image(encoded(bar, lossless=True), width="stretch", output_format="PNG")
+    st.caption(labels)
+    native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
+    st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f} · {kind}")
+    b1, b2 = st.columns(2)
+    # the PNG is made only when the button is pressed (a callable), so a display rerun does not encode 5 PNGs
+    b1.download_button("Download PNG", lambda rgb=rgb: render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
+                       mime="image/png", key=f"dl_{tile}", icon=":material/download:")
+    if b2.button("Enlarge", key=f"zoom_{tile}", icon=":material/zoom_in:"):
+        _enlarged(spec.name, rgb, bar, labels)
+
+
+def draw_stopped(tile: str, sig: str) -> None:
+    st.markdown(f"**{METHODS[tile].name}**")
+    st.warning("Stopped. Nothing of it was kept; the other maps are unaffected.", icon=":material/stop_circle:")
+    st.button("Run", key=f"run_{tile}", on_click=_run_again, args=(sig,), icon=":material/play_arrow:")
+
+
+# 1. the grid, every tile a placeholder in its place
+slots: dict[str, Any] = {}
 tiles = ["__input__", *chosen]
+note = st.empty()
 for start in range(0, len(tiles), per_row):
     cols = st.columns(per_row)
     for col, tile in zip(cols, tiles[start:start + per_row]):
-        # a keyed container per tile ("st-key-tile-<id>"): what the browser test waits on is the map a user sees
-        with col, st.container(key="tile-" + re.sub(r"[^a-z0-9]", "-", tile.lower())):
+        with col, st.container(key=tile_key(tile)):
             if tile == "__input__":
                 st.image(ctx.display, caption=f"Input ({ctx.image_name})", width="stretch")
                 continue
-            spec = METHODS[tile]
-            if tile in errors:
-                st.markdown(f"**{spec.name}**")
-                common.show_error(errors[tile])
-                continue
-            res = results[tile]
-            try:
-                shown = spec.display_map(res.attribution, options.get(tile, {}))
-                rgb = render.overlay(ctx.display, shown, opacity=opacity, signed=res.signed,
-                                     cmap=div_cmap if res.signed else seq_cmap, clip=clip)
-            except Exception as exc:  # noqa: BLE001
-                common.show_error(exc)
-                continue
-            native = "x".join(map(str, res.native_resolution)) if res.native_resolution else "?"
-            st.image(rgb, caption=spec.name, width="stretch")
-            st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f}")
-            st.download_button("Download PNG", render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
-                               mime="image/png", key=f"dl_{tile}")
+            slots[tile] = st.empty()
+            slots[tile].caption(f"**{METHODS[tile].name}** · waiting ...")
+
+# 2. estimates (one timed forward pass per model, cached), then the cheapest first; no estimate: chosen order
+sigs = {m: signature(m) for m in chosen}
+seconds = {}
+for method in chosen:
+    compute, _ = METHODS[method].split_options(options.get(method, {}))
+    seconds[method] = _estimate(ctx.model_key, method, json.dumps(compute, sort_keys=True, default=str), bundle)
+order = sorted(chosen, key=lambda m: (seconds[m] is None, seconds[m] or 0.0))
+slow = [f"{METHODS[m].name} {describe_estimate(seconds[m])}" for m in chosen if (seconds[m] or 0) > SLOW_SECONDS]
+if slow:
+    note.caption(f"Expected time on {bundle.device} (first run; cached afterwards): {'; '.join(slow)}. "
+                 "Score-CAM/Ablation-CAM use only the top-k channels on a CPU by default (option top k).")
+
+stopped = st.session_state.setdefault(STOPPED, set())
+done = st.session_state.setdefault(DONE, {})
+
+# 3. fill each tile in place as soon as its map is ready
+for method in order:
+    slot, sig, spec = slots[method], sigs[method], METHODS[method]
+    if sig in stopped and sig not in done:
+        with slot.container():
+            draw_stopped(method, sig)
+        continue
+    estimate, bar = seconds[method], None
+    if sig not in done:  # (a map this session has seen is in the cache: no "computing" flash on display reruns)
+        with slot.container():
+            st.markdown(f"**{spec.name}**")
+            bar = st.progress(0.0, text=f"Computing ({describe_estimate(estimate)}) ..." if estimate
+                              else "Computing ...")
+            if (estimate or 0) > SLOW_SECONDS:
+                st.button("Stop", key=f"stop_{method}", on_click=_stop, args=(sig,), icon=":material/stop:",
+                          help="Ends this computation; the maps already shown stay.")
+
+    def within(fraction: float, text: str, bar=bar) -> None:
+        """Progress a slow method reports (explainers.progress.report) moves its tile's bar.  This element update
+        is also where a rerun (the Stop click) interrupts the computation."""
+        if bar is not None:
+            bar.progress(fraction, text=text or "...")
+
+    try:
+        with progress_callback(within):
+            res = common.explanation(ctx, method, options.get(method, {}))
+        _remember_done(sig)
+    except Cancelled:  # stopped through explainers.progress's flag (a driver other than a click)
+        _stop(sig)
+        with slot.container():
+            draw_stopped(method, sig)
+        continue
+    except Exception as exc:  # noqa: BLE001 - shown per method; the other maps still render
+        with slot.container():
+            st.markdown(f"**{spec.name}**")
+            common.show_error(exc)
+        continue
+    with slot.container():
+        try:
+            draw_map(method, res, options.get(method, {}))
+        except Exception as exc:  # noqa: BLE001
+            common.show_error(exc)

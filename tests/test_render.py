@@ -91,3 +91,95 @@ def test_heat_quantize_lives_with_rendering_and_equals_hand_computation():
     assert heat_quantize(a, 4).tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 6]
     assert postprocess(a, {"bins": 4}).tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 6]
     assert torch.equal(postprocess(a, {"bins": 0}), a) and torch.equal(postprocess(a, {}), a)
+
+
+@pytest.mark.parametrize("name", [*render.DIVERGING, *render.SEQUENTIAL])
+def test_lookup_tables_equal_matplotlib_within_one_level(name):
+    """The shipped tables (no matplotlib at render time) colour like matplotlib's own colormaps: within 1/255."""
+    x = np.concatenate([np.random.default_rng(1).random(4000), np.linspace(0, 1, 513)]).astype(np.float32)
+    ours = render.lut(name)[render.index(x)].astype(int)
+    theirs = (colormaps[name](x)[:, :3] * 255).round().astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_rendering_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from explainers import render; "
+            "render.overlay(np.zeros((8, 8, 3), np.uint8), np.eye(8, dtype=np.float32), signed=True); "
+            "render.colorbar('inferno'); print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIE L* of sRGB uint8 colours (D65), to check the defaults' perceptual claim independently of the tables."""
+    c = rgb.astype(float) / 255
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = c @ np.array([0.2126, 0.7152, 0.0722])
+    f = np.where(y > 216 / 24389, np.cbrt(y), (24389 / 27 * y + 16) / 116)
+    return 116 * f - 16
+
+
+def test_default_colormaps_are_perceptually_ordered():
+    """Sequential default: lightness rises monotonically; diverging default: falls to the centre, then rises,
+    the two halves alike.  jet and bwr, still offered, fail this (which is why they are not defaults)."""
+    seq = _lightness(render.lut(render.SEQUENTIAL[0])[::8])
+    assert np.all(np.diff(seq) > 0)
+    div = _lightness(render.lut(render.DIVERGING[0]))
+    left, right = div[:128:8], div[255:127:-8]
+    assert np.all(np.diff(left) < 0) and np.all(np.diff(right) < 0)
+    assert np.abs(left - right).max() < 12  # L* units; berlin's ends differ by ~6
+    assert not np.all(np.diff(_lightness(render.lut("jet")[::8])) > 0)
+
+
+def test_heatmap_view_has_no_image_pixels_and_side_by_side_has_both():
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    a = np.random.default_rng(3).normal(size=(16, 16)).astype(np.float32)
+    heat = render.colorize(a, signed=True)
+    for opacity in (0.0, 0.3, 1.0):  # opacity is irrelevant for a heatmap
+        assert np.array_equal(render.view("heatmap", img, a, signed=True, opacity=opacity), heat)
+    both = render.view("side by side", img, a, signed=True)
+    assert both.shape == (16, 16 + 4 + 16, 3)
+    assert np.array_equal(both[:, :16], np.asarray(img)) and np.array_equal(both[:, 20:], heat)
+    assert np.array_equal(render.view("overlay", img, a, signed=True, opacity=0.0), np.asarray(img))
+    with pytest.raises(ValueError, match="Unknown view"):
+        render.view("auto", img, a)
+
+
+@pytest.mark.parametrize(("family", "signed", "native", "expected"), [
+    ("cam", False, (7, 7), "overlay"),  # Grad-CAM
+    ("cam", False, (224, 224), "overlay"),  # FullGrad: a CAM, read against the image
+    ("cam", True, (224, 224), "heatmap"),  # Guided Grad-CAM: pixel level
+    ("lrp", True, (224, 224), "heatmap"),
+    ("gradient", True, (224, 224), "heatmap"),
+    ("srd", True, (224, 224), "heatmap"),
+    ("srd", True, (14, 14), "overlay"),  # SRD started at an inner layer
+    ("gradient", False, None, "heatmap"),
+])
+def test_auto_view_per_map(family, signed, native, expected):
+    assert render.default_view(family, signed, native, (224, 224)) == expected
+
+
+def test_colorbar_strip_and_labels():
+    bar = render.colorbar("inferno", width=64, height=6, signed=True)
+    assert bar.shape == (6, 64, 3) and bar.dtype == np.uint8
+    assert np.array_equal(bar[0], render.lut("inferno")[render.index(np.linspace(0, 1, 64))])
+    assert (bar[3:, [0, 32, 63]] == 0).all()  # tick marks at min, 0 and max
+    text = render.colorbar_labels(0.01234, signed=True, what="relevance", clip=99.5)
+    assert text.startswith("-0.0123 · 0 · 0.0123 relevance") and "99.5th percentile of |relevance|" in text
+    assert render.colorbar_labels(2.0, signed=False, what="CAM activation").startswith("0 · 2 CAM activation")
+    assert render.limit(np.array([[-4.0, 1.0]]), signed=True) == 4.0
+    assert render.unit("lrp") == "relevance" and render.unit("gradient") == "attribution"
+
+
+def test_enlarge_keeps_pixels_sharp():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    big = render.enlarge(rgb, at_least=7)
+    assert big.shape == (6, 9, 3) and np.array_equal(big[::3, ::3], rgb)
+
+
+def test_unknown_colormap_is_one_clear_line():
+    with pytest.raises(ValueError, match="Unknown colormap 'nope'"):
+        render.colorize(np.ones((2, 2)), cmap="nope")
