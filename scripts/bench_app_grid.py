@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench_app_start import CHROMIUM, FLAGS, first_map, load, serve  # noqa: E402
 
-METHODS = {"gradcam": "Grad-CAM", "resnet-lrp": "ResNet-LRP", "abslrp": "absLRP", "srd": "SRD", "lrp": "LRP"}
+DEFAULT_METHODS = "gradcam,resnet-lrp,abslrp,srd,lrp"
 
 # Installed in the page: records, per tile, the first time (ms, performance.now()) its image differs from
 # the one it showed when armed.  window.__bench = {armed, times: {id: ms}, last: ms of the latest change}.
@@ -115,23 +115,19 @@ def upload(page, path: Path) -> None:
 
 
 def pick_colormap(page) -> None:
+    """Switch the (sequential) Colormap selectbox between viridis and magma."""
     box = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(
         has=page.get_by_text("Colormap", exact=True)).first
+    name = "magma" if "viridis" in box.inner_text() else "viridis"
     box.click()
-    options = page.get_by_role("option")
-    current = box.inner_text().strip().splitlines()[-1]
-    for i in range(options.count()):
-        if options.nth(i).inner_text().strip() != current:
-            options.nth(i).click()
-            return
-    page.keyboard.press("Escape")
+    page.get_by_role("option", name=name, exact=True).first.click()
 
 
 def press_opacity(page) -> None:
-    thumb = page.locator('[data-testid="stSlider"] [role="slider"][aria-label="Opacity"]')
-    if thumb.count() == 0:
-        thumb = page.locator('[data-testid="stSlider"] [role="slider"]').first
-    thumb.first.focus()
+    """One ArrowRight on the Opacity slider (a thumb with role=slider, or a range input in newer Streamlit)."""
+    box = page.locator('[data-testid="stMain"] [data-testid="stSlider"]').filter(
+        has=page.get_by_text("Opacity", exact=True)).first
+    box.locator('[role="slider"], input[type="range"]').first.focus()
     page.keyboard.press("ArrowRight")
 
 
@@ -139,12 +135,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="coffee", help="gallery key uploaded first (a new image each repeat)")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method ids; Grad-CAM first")
+    parser.add_argument("--shots", type=Path, default=None, help="save a screenshot per step into this folder")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
 
+    from explainers import METHODS as SPECS
     from explainers.images import GALLERY
 
+    METHODS = {m: SPECS[m].name for m in args.methods.split(",")}
+    if next(iter(METHODS)) != "gradcam":
+        raise SystemExit("--methods must start with gradcam (the page's default method)")
     keys = [args.image] + [k for k in GALLERY if k not in (args.image, "chelsea")]
     if args.repeat > len(keys):
         raise SystemExit(f"at most {len(keys)} repeats (one unseen gallery image each)")
@@ -156,6 +158,12 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1700, "height": 1300})
         page.set_default_timeout(600_000)
         page.goto(url)
+
+        def shot(name: str) -> None:
+            if args.shots:
+                args.shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(args.shots / f"{name}.png"), full_page=True)
+
         first_map(page).wait_for()
         wait_idle(page)
         choose_methods(page, [n for m, n in METHODS.items() if m != "gradcam"])
@@ -168,8 +176,13 @@ def main() -> None:
             path = Path(tmp) / f"{key}.png"
             path.write_bytes(GALLERY[key].png_bytes())
             grid = timed(page, ids, lambda path=path: upload(page, path), expect=len(ids))
+            shot(f"{key}-grid")
+            page.set_default_timeout(60_000)  # the controls are there at once; a missing one fails fast
             opacity = timed(page, ids, lambda: press_opacity(page), expect=0)
+            shot(f"{key}-opacity")
             cmap = timed(page, ids, lambda: pick_colormap(page), expect=0)
+            shot(f"{key}-colormap")
+            page.set_default_timeout(600_000)
             rows.append((key, grid, opacity, cmap))
         browser.close()
 

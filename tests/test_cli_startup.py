@@ -139,3 +139,21 @@ def test_torch_hub_dir_without_torch_matches_torch(monkeypatch, tmp_path):
         with monkeypatch.context() as m:
             m.delitem(sys.modules, "torch")
             assert str(models._torch_hub_dir()) == expected
+
+
+def test_topk_runs_one_forward_per_distinct_input():
+    """A page rerun asks for the same image's top-5 again: answered from the bundle's memo, no forward pass;
+    another input (or the same values in another tensor) gets its own, correct answer."""
+    import torch
+
+    from tests.toy_bundle import toy_bundle
+
+    bundle = toy_bundle()
+    calls = []
+    bundle.model.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.ones(1, 3, 2, 2)
+    first = bundle.topk(x, 2)
+    assert bundle.topk(x.clone(), 2) == first and len(calls) == 1
+    other = bundle.topk(-x, 2)  # logit_0 = -3.25 * 3 < 0: class 'one' wins
+    assert len(calls) == 2 and other[0][1] == "one" and first[0][1] == "zero"
+    assert abs(first[0][2] - float(torch.softmax(bundle.model(x), -1)[0, 0])) < 1e-6
