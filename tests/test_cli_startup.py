@@ -1,16 +1,20 @@
 """The CLI starts without torch and its optional stacks (issue 15, point 9): `import explainers`, building the
 parser, `--help` and argument errors must not import torch, pytorch-grad-cam, captum, zennit, scikit-learn or
-matplotlib (torch alone is ~2 s and 650 MB RSS here).  Not a timed test: it checks what was imported."""
+matplotlib (torch alone is ~2 s and 650 MB RSS here); `models` lists the zoo without torch, torchvision or timm;
+`methods` needs torch (the method modules define their functions with it) but none of the optional stacks; the
+app's default gallery image loads without SciPy.  Not timed tests: they check what was imported."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "pytorch_grad_cam", "captum", "zennit", "sklearn", "matplotlib", "torchvision", "timm")
+HEAVY = ("torch", "pytorch_grad_cam", "captum", "zennit", "sklearn", "matplotlib", "torchvision", "timm", "scipy")
+OPTIONAL = ("pytorch_grad_cam", "captum", "zennit", "sklearn", "matplotlib", "torchvision", "timm", "scipy", "cv2")
 
 PROBE = f"""
 import contextlib, io, json, sys
@@ -53,3 +57,103 @@ def test_lazy_package_keeps_every_public_name():
     assert out.returncode == 0, out.stderr
     missing, enough = out.stdout.split()
     assert json.loads(missing) == [] and enough == "True"
+
+
+def imported_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code`` (stdout silenced)."""
+    probe = (f"import contextlib, io, json, sys\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    {code}\nprint(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_models_listing_imports_no_torch():
+    # the weights' locations are static data of the zoo (torchvision file names, timm hub ids): no library needed
+    assert imported_after("from explainers.cli import main; main(['models']); main(['models', '--json'])",
+                          HEAVY) == []
+
+
+def test_methods_listing_and_registry_import_no_optional_stack():
+    code = "from explainers.cli import main; main(['methods']); import explainers; explainers.get_method('gradcam')"
+    assert imported_after(code, OPTIONAL) == []
+
+
+def test_default_gallery_image_loads_without_scipy():
+    assert imported_after("from explainers.images import GALLERY; GALLERY['chelsea'].png_bytes()", HEAVY) == []
+
+
+def test_gallery_images_equal_the_libraries_pixels():
+    """The Pillow fast path for scikit-image's plain files gives exactly the library's loader's pixels."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    from explainers.images import GALLERY, _gallery_image, _skimage_pixels, to_rgb
+
+    fast = 0
+    for key, item in GALLERY.items():
+        entry = json.loads((ROOT / "assets" / "gallery.json").read_text())["images"]
+        entry = next(e for e in entry if e["key"] == key)
+        if item.source != "scikit-image":
+            continue
+        fast += _skimage_pixels(entry["name"]) is not None
+        ref = getattr(skimage.data, entry["name"])()
+        ref = ref[entry["item"]] if "item" in entry else ref
+        if ref.dtype == bool:
+            ref = ref.astype(np.uint8) * 255
+        expected = np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(ref))))
+        assert np.array_equal(np.asarray(_gallery_image(key)), expected), key
+    assert fast >= 4  # chelsea, coffee, rocket, astronaut, camera take the fast path
+
+
+def test_static_weight_locations_match_the_libraries():
+    """The zoo's weights_file / hf_hub_id (listing without torchvision and timm) are what the libraries say."""
+    import os.path
+
+    import timm
+    import torchvision
+
+    from explainers.models import MODEL_SPECS
+
+    for spec in MODEL_SPECS.values():
+        if spec.source == "torchvision":
+            url = torchvision.models.get_model_weights(spec.arch).DEFAULT.url
+            assert spec.weights_file == os.path.basename(url), spec.name
+        elif spec.source == "timm":
+            assert spec.hf_hub_id == timm.models.get_pretrained_cfg(spec.arch).hf_hub_id, spec.name
+
+
+def test_torch_hub_dir_without_torch_matches_torch(monkeypatch, tmp_path):
+    import torch
+
+    from explainers import models
+
+    for env in ({}, {"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        expected = torch.hub.get_dir()
+        with monkeypatch.context() as m:
+            m.delitem(sys.modules, "torch")
+            assert str(models._torch_hub_dir()) == expected
+
+
+def test_topk_runs_one_forward_per_distinct_input():
+    """A page rerun asks for the same image's top-5 again: answered from the bundle's memo, no forward pass;
+    another input (or the same values in another tensor) gets its own, correct answer."""
+    import torch
+
+    from tests.toy_bundle import toy_bundle
+
+    bundle = toy_bundle()
+    calls = []
+    bundle.model.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.ones(1, 3, 2, 2)
+    first = bundle.topk(x, 2)
+    assert bundle.topk(x.clone(), 2) == first and len(calls) == 1
+    other = bundle.topk(-x, 2)  # logit_0 = -3.25 * 3 < 0: class 'one' wins
+    assert len(calls) == 2 and other[0][1] == "one" and first[0][1] == "zero"
+    assert abs(first[0][2] - float(torch.softmax(bundle.model(x), -1)[0, 0])) < 1e-6
