@@ -247,7 +247,7 @@ def pdf_figures(r: Report) -> list:
     lines += ["", "Versions:"] + [f"  {k} {v}" for k, v in r.versions.items()]
     fig.text(0.06, 0.97, "\n".join(lines), va="top", family="monospace", fontsize=7.5)
     ax = fig.add_axes((0.6, 0.04, 0.32, 0.22))  # bottom right: the text above never reaches it
-    ax.imshow(r.image_rgb)
+    ax.imshow(r.image_rgb, interpolation="none")
     ax.set_axis_off()
     figures = [fig]
     for start in range(0, len(r.maps), MAPS_PER_PAGE):
@@ -258,7 +258,7 @@ def pdf_figures(r: Report) -> list:
             ax.set_axis_off()
             if m is None:
                 continue
-            ax.imshow(m.rgb, interpolation="nearest")
+            ax.imshow(m.rgb, interpolation="none")  # vector output: the map embedded pixel for pixel
             caption = (f"{m.name} ({m.method})\ntarget {m.target} {m.target_name} (p={m.score:.4f})\n"
                        f"{m.seconds:.3f} s, native {_native(m)}\n" + _wrap(f"options: {options_text(m.options)}", 60))
             ax.set_title(caption, fontsize=6.5, loc="left")

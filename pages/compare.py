@@ -9,7 +9,7 @@ from explainers import METHODS, render
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
 from explainers.progress import progress_callback
-from pages import common
+from pages import common, report_button
 
 ctx = common.require_context()
 bundle = ctx.bundle
@@ -114,3 +114,4 @@ for start in range(0, len(tiles), per_row):
             st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f}")
             st.download_button("Download PNG", render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
                                mime="image/png", key=f"dl_{tile}")
+report_button.show(ctx, results, options)
