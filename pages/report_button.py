@@ -1,9 +1,9 @@
 """The Compare page's "Report" popover: the maps on the page as a self-contained HTML file and a PDF
 (explainers/report.py), so a result shown in a meeting can be reproduced later.
 
-Nothing is built while the page reruns: the download buttons get callables, which Streamlit runs only when a
-button is clicked, and the bytes are kept in a small server-wide cache keyed by everything the report shows,
-so a second click (or a second session on the same maps) costs nothing.
+Nothing is built while the page reruns: the files are built when the user clicks "Build report", and kept in a
+small server-wide cache keyed by everything the report shows, so a rerun (or a second session on the same maps)
+costs a lookup.
 """
 
 from __future__ import annotations
@@ -52,7 +52,13 @@ def _builder(ctx, results: dict[str, Explanation], options: dict[str, dict[str, 
 
 def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]]) -> None:
     """A "Report" popover with an HTML and a PDF download of the maps in ``results`` (method -> Explanation;
-    ``options``: method -> the options set on the page, display-only ones included)."""
+    ``options``: method -> the options set on the page, display-only ones included).
+
+    Nothing is built until the user asks: "Build report" builds both files once (cached by everything they show);
+    later reruns with the same maps and settings find them in the cache.  A deferred ``st.download_button``
+    callable was tried first, but the Compare page reruns after every map download, and a click that still holds
+    the previous run's callable id is refused by the server ("Deferred file ... not found").
+    """
     if not results:
         return
     settings = _display_settings()
@@ -64,7 +70,10 @@ def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]
                     help="Every map on this page with its method, options and seconds, the model (fingerprint, "
                          "trained or not), the top-5 and the library versions: to reproduce it later."):
         st.caption(f"{len(results)} map(s) of {ctx.image_name} on {ctx.bundle.label}")
+        ready = all((kind, *key) in _cache() for kind in MIME)
+        if not ready and not st.button("Build report", key="report_build", icon=":material/build:"):
+            return
         for kind, label in (("html", "HTML report"), ("pdf", "PDF report")):
-            st.download_button(label, _builder(ctx, results, used, settings, kind, key),
+            st.download_button(label, _builder(ctx, results, used, settings, kind, key)(),
                                file_name=report_filename(ctx.image_hash, name, kind), mime=MIME[kind],
                                on_click="ignore", key=f"report_{kind}", icon=":material/download:")

@@ -304,3 +304,21 @@ def test_report_path_is_redacted_for_a_remote_reader(lite0, chelsea, maps):
 def test_readme_mentions_the_report():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "python -m explainers report" in readme
+
+
+def test_compare_page_builds_the_report_only_when_asked(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pages import report_button
+
+    calls = []
+    real = report_button.build_report
+    monkeypatch.setattr(report_button, "build_report", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300).run()
+    assert not at.exception and calls == []  # a page run builds nothing
+    at.button(key="report_build").click().run()
+    assert not at.exception and len(calls) == 2  # HTML and PDF
+    keys = {b.key for b in at.get("download_button")}
+    assert {"report_html", "report_pdf"} <= keys
+    at.run()  # a rerun finds both files in the cache
+    assert len(calls) == 2 and {"report_html", "report_pdf"} <= {b.key for b in at.get("download_button")}
