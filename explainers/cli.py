@@ -313,6 +313,85 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def methods_list(text: str) -> list[str]:
+    """``--methods`` of ``report``: comma-separated ids, each optionally with inline options ``id@k=v+k=v``
+    (as ``bench speed``) or a family (cam, gradient, lrp, srd, all); ids are checked when the command runs."""
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise argparse.ArgumentTypeError("expected one or more method ids, e.g. gradcam,saliency")
+    for token in tokens:
+        name, at, rest = token.partition("@")
+        items = rest.split("+") if at else []
+        if not name or any("=" not in item or not item.split("=", 1)[0] for item in items):
+            raise argparse.ArgumentTypeError(f"{token!r} is not METHOD or METHOD@NAME=VALUE+NAME=VALUE")
+    return tokens
+
+
+def percentile(text: str) -> float:
+    """A colour limit in (0, 100] (the percentile of |relevance| where the colour scale ends)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 100.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must lie in (0, 100], got {text}")
+    return value
+
+
+def existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"folder {text!r} does not exist")
+    return text
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Several maps of one image into a self-contained HTML file and a PDF (explainers/report.py)."""
+    import time
+
+    from .bench import expand_methods, parse_method_options
+    from .images import image_hash, load_image
+    from .models import load_model
+    from .registry import explain, get_method
+    from .report import build_report
+
+    data = Path(args.image).read_bytes()
+    image = load_image(data, name=str(args.image))
+    bundle = load_model(args.model, device=args.device, weights=args.weights, labels=args.labels,
+                        num_classes=args.num_classes)
+    x = bundle.preprocess(image)
+    target: int | str | None = args.target if args.target is not None else args.target_name
+    results, options = [], {}
+    tokens = expand_methods(args.methods, bundle)
+    for token in tokens:  # every id checked before the first map is computed: one line naming the registered ones
+        get_method(parse_method_options(token)[0])
+    for token in tokens:
+        method, inline = parse_method_options(token)
+        _print_estimate(bundle, method, inline)
+        try:
+            results.append(explain(bundle, x, method, target=target, **inline))
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            if not inline:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExplainerError(f"{method} cannot run with {' '.join(f'{k}={v}' for k, v in inline.items())}: "
+                                 f"{first[:200]}") from None
+        options[method] = inline
+    start = time.perf_counter()
+    report = build_report(bundle, image, results, image_name=Path(args.image).name, image_hash=image_hash(data),
+                          top5=bundle.topk(x, 5), options=options, opacity=args.opacity, clip=args.clip,
+                          weights=args.weights, title=args.title)
+    out = Path(args.out_dir)
+    html_path, pdf_path = out / report.filename("html"), out / report.filename("pdf")
+    html_path.write_text(report.html(), encoding="utf-8")
+    pdf_path.write_bytes(report.pdf())
+    if not bundle.trained:
+        print(f"WARNING: {bundle.name} is UNTRAINED (random weights); its predictions mean nothing.")
+    for r in results:
+        print(f"{r.method}: class {r.target} {r.target_name} (p={r.score:.4f}) in {r.seconds:.2f} s")
+    print(f"report of {len(results)} map(s) written in {time.perf_counter() - start:.2f} s: {html_path} {pdf_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explainers", description="Relevance Explorer command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=unit_float, default=0.5, help="overlay opacity in [0, 1]")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", help="several maps of one image as a self-contained HTML file and a PDF")
+    p.add_argument("image", type=existing_file, help="image file (PNG, JPEG, ...)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="a zoo name, a model of relevance-explorer.toml, timm:NAME, torchvision:NAME or "
+                        "package.module:function (trusted code)")
+    p.add_argument("--weights", default="default", type=weights_arg,
+                   help="'default', 'untrained' or a state-dict file")
+    p.add_argument("--labels", type=existing_file, help="class names of the model's head: one per line, or JSON")
+    p.add_argument("--num-classes", type=positive_int,
+                   help="the head's class count (default: from labels or checkpoint)")
+    p.add_argument("--methods", default=["gradcam"], type=methods_list,
+                   help="comma-separated ids with optional inline options (lrp@rule=epsilon+eps=0.01), or "
+                        "families: cam, gradient, lrp, srd, all")
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target", type=_int_at_least(0), help="class index to explain (default: the prediction)")
+    tgt.add_argument("--target-name", help="class name or part of it, e.g. 'tabby'")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--out-dir", default=".", type=existing_dir,
+                   help="folder for report_<imagehash>_<model>.html and .pdf")
+    p.add_argument("--opacity", type=unit_float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--clip", type=percentile, default=99.5, help="colour limit: percentile of |relevance|")
+    p.add_argument("--title", default="Relevance Explorer report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list models and whether their weights are available")
     p.add_argument("--json", action="store_true")

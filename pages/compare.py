@@ -22,7 +22,7 @@ from explainers.cache import ByteLRU
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
 from explainers.progress import Cancelled, progress_callback
-from pages import common
+from pages import common, report_button
 
 SLOW_SECONDS = 5.0  # estimates above this get a progress bar and a Stop button
 STOPPED, DONE = "compare_stopped", "compare_done"
@@ -174,6 +174,7 @@ if slow:
     note.caption(f"Expected time on {bundle.device} (first run; cached afterwards): {'; '.join(slow)}. "
                  "Score-CAM/Ablation-CAM use only the top-k channels on a CPU by default (option top k).")
 
+results: dict = {}  # method -> Explanation, for the report
 stopped = st.session_state.setdefault(STOPPED, set())
 done = st.session_state.setdefault(DONE, {})
 
@@ -204,6 +205,7 @@ for method in order:
         with progress_callback(within):
             res = common.explanation(ctx, method, options.get(method, {}))
         _remember_done(sig)
+        results[method] = res
     except Cancelled:  # stopped through explainers.progress's flag (a driver other than a click)
         _stop(sig)
         with slot.container():
@@ -219,3 +221,5 @@ for method in order:
             draw_map(method, res, options.get(method, {}))
         except Exception as exc:  # noqa: BLE001
             common.show_error(exc)
+
+report_button.show(ctx, results, options)

@@ -26,7 +26,9 @@ def test_compare_renders_a_heatmap_for_the_default_model():
     assert at.sidebar.selectbox(key="gallery").value == "chelsea"
     images = [c for img in at.image for c in img.captions]
     assert "Grad-CAM" in images and any(c.startswith("Input") for c in images)
-    assert len(at.get("download_button")) == 1
+    buttons = [b.key for b in at.get("download_button")]
+    assert [k for k in buttons if k.startswith("dl_")] == ["dl_gradcam"]  # one PNG per map
+    assert at.button(key="report_build").label == "Build report"  # the report (pages/report_button.py)
     assert any("native 7x7" in c.value for c in at.caption)
     assert "tabby" in " ".join(m.value for m in at.markdown)
 
