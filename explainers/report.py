@@ -99,14 +99,17 @@ def display_image(bundle: ModelBundle, image: Image.Image) -> Image.Image:
 
 def draw_map(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None,
              opacity: float = 0.5, clip: float = 99.5, cmap: str | None = None,
-             signed_cmap: str | None = None) -> np.ndarray:
+             signed_cmap: str | None = None, view: str = "auto") -> np.ndarray:
     """The map as the Compare page draws it: the method's display post-processing (e.g. heat quantisation with
-    ``bins``), then the heatmap over the input (diverging colormap for signed maps)."""
+    ``bins``), then the page's view (``auto``: heatmap alone for pixel-level maps, over the input for CAMs and
+    coarse maps; diverging colormap for signed maps)."""
     spec = METHODS[explanation.method]
     shown = spec.display_map(explanation.attribution, {**explanation.options, **(options or {})})
     shown = render.upsample(shown, (display.height, display.width))  # a no-op for maps at input size
-    return render.overlay(display, shown, opacity=opacity, signed=explanation.signed,
-                          cmap=signed_cmap if explanation.signed else cmap, clip=clip)
+    kind = (render.default_view(spec.family, explanation.signed, explanation.native_resolution, tuple(shown.shape))
+            if view == "auto" else view)
+    return render.view(kind, display, shown, signed=explanation.signed, opacity=opacity, clip=clip,
+                       cmap=signed_cmap if explanation.signed else cmap)
 
 
 def _methods_arg(maps: list[ReportMap]) -> str:
@@ -119,7 +122,7 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
                  image_name: str = "image", image_hash: str = "", top5: list[tuple[int, str, float]] | None = None,
                  options: dict[str, dict[str, Any]] | None = None, opacity: float = 0.5, clip: float = 99.5,
                  cmap: str | None = None, signed_cmap: str | None = None, weights: str | None = None,
-                 title: str = "Relevance Explorer report") -> Report:
+                 view: str = "auto", title: str = "Relevance Explorer report") -> Report:
     """Collect everything a reader needs from maps already computed for ``image`` (the original picture) on
     ``bundle``.  ``options``: method -> the options the user set, display-only ones included (the explanation
     records the compute options it ran with).  ``weights``: what ``--weights`` reproduces the model ('default',
@@ -133,7 +136,7 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
             method=e.method, name=spec.name, options=used, seconds=float(e.seconds), target=int(e.target),
             target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=bool(e.signed),
             native_resolution=tuple(e.native_resolution) if e.native_resolution else None,
-            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap)))
+            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, view)))
     p = bundle.prep
     model = {
         "name": bundle.name, "label": bundle.label, "fingerprint": bundle.fingerprint, "trained": bool(bundle.trained),
@@ -153,7 +156,7 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
         title=title, created=datetime.now(UTC).replace(microsecond=0).isoformat(), image_name=image_name,
         image_hash=image_hash, image_rgb=np.asarray(display), model=model,
         top5=top5 if top5 is not None else bundle.topk(bundle.preprocess(image), 5), maps=maps,
-        display={"opacity": opacity, "colour limit (percentile)": clip,
+        display={"view": view, "opacity": opacity, "colour limit (percentile)": clip,
                  "colormap": cmap or render.SEQUENTIAL[0],
                  "colormap (signed maps)": signed_cmap or render.DIVERGING[0]},
         command=shlex.join(command))

@@ -19,7 +19,7 @@ from explainers.redact import public
 from explainers.report import build_report, report_filename
 
 # The Compare page's display controls (session keys and defaults): the report draws the maps as they were shown.
-DISPLAY = {"opacity": ("compare_opacity", 0.5), "clip": ("compare_clip", 99.5),
+DISPLAY = {"view": ("compare_view", "auto"), "opacity": ("compare_opacity", 0.5), "clip": ("compare_clip", 99.5),
            "cmap": ("compare_cmap", None), "signed_cmap": ("compare_cmap_signed", None)}
 MIME = {"html": "text/html", "pdf": "application/pdf"}
 

@@ -78,6 +78,30 @@ def _streams(pdf: bytes):
         yield pdf[pdf.rfind(b" obj", 0, m.start()):m.start()], raw, out
 
 
+def _indexed_palette(head: bytes) -> bytes | None:
+    """The RGB palette of an ``/Indexed /DeviceRGB n (...)`` colour space (a PDF literal string), else None."""
+    m = re.search(rb"/Indexed /DeviceRGB (\d+)\s*\(", head)
+    if m is None:
+        return None
+    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("f"): b"\f"}
+    out, i, want = bytearray(), m.end(), 3 * (int(m.group(1)) + 1)
+    while len(out) < want:
+        c = head[i]
+        if c == ord("\\"):
+            n = head[i + 1]
+            if ord("0") <= n <= ord("7"):
+                digits = re.match(rb"[0-7]{1,3}", head[i + 1:i + 4]).group(0)
+                out.append(int(digits, 8) & 255)
+                i += 1 + len(digits)
+                continue
+            out += escapes.get(n, bytes([n]))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
 def pdf_images(pdf: bytes) -> list[np.ndarray]:
     """The RGB image XObjects, top row first.  matplotlib writes them Flate-compressed with the PNG predictor,
     which is exactly a PNG's IDAT stream: wrapped in a PNG header, Pillow decodes them."""
@@ -90,8 +114,12 @@ def pdf_images(pdf: bytes) -> list[np.ndarray]:
             continue
         assert b"/Predictor 10" in head and b"/DeviceRGB" in head
         w, h = (int(re.search(rb"/%s (\d+)" % k, head).group(1)) for k in (b"Width", b"Height"))
-        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-               + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+        bits = int(re.search(rb"/BitsPerComponent (\d+)", head).group(1))  # < 8 for a palette of few colours
+        palette = _indexed_palette(head)  # matplotlib writes a map of <= 256 colours as an indexed image
+        colour = b"" if palette is None else chunk(b"PLTE", palette)
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, 2 if palette is None else 3,
+                                                                    0, 0, 0))
+               + colour + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
         # stored bottom row first: the page draws it through a flipping matrix ("w 0 0 -h 0 h cm")
         out.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[::-1])
     return out
@@ -161,16 +189,16 @@ def test_embedded_pngs_are_the_maps_compare_draws(report, lite0, chelsea, maps):
     display = shown_input(lite0, chelsea)
     assert np.array_equal(imgs[0], display)
     gradcam, saliency, lrp = maps
+    # the page's "auto" view: Grad-CAM over the image, pixel-level saliency and LRP as heatmaps alone
     expected = [
-        render.overlay(display, gradcam.attribution, opacity=0.6, signed=False, cmap="jet", clip=99.0),
-        render.overlay(display, saliency.attribution, opacity=0.6, signed=False, cmap="jet", clip=99.0),
-        render.overlay(display, render.heat_quantize(lrp.attribution, 4), opacity=0.6, signed=True, cmap="bwr",
-                       clip=99.0),
+        render.overlay(display, gradcam.attribution, opacity=0.6, signed=False, clip=99.0),
+        render.heatmap(saliency.attribution, signed=False, clip=99.0),
+        render.heatmap(render.heat_quantize(lrp.attribution, 4), signed=True, clip=99.0),
     ]
     for got, want in zip(imgs[1:], expected):
         assert np.array_equal(got, want)
-    assert not np.array_equal(imgs[3], render.overlay(display, lrp.attribution, opacity=0.6, signed=True,
-                                                      cmap="bwr", clip=99.0))  # the bins made a difference
+    # the bins made a difference:
+    assert not np.array_equal(imgs[3], render.heatmap(lrp.attribution, signed=True, clip=99.0))
 
 
 def test_user_strings_are_escaped(lite0, chelsea, maps):
