@@ -222,4 +222,4 @@ for method in order:
         except Exception as exc:  # noqa: BLE001
             common.show_error(exc)
 
-report_button.show(ctx, results, options)
+report_button.show(ctx, {m: results[m] for m in chosen if m in results}, options)  # in the grid's order

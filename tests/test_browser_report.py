@@ -54,7 +54,8 @@ def test_report_download_holds_every_map_shown(page):  # noqa: F811 - the fixtur
         wait_map(page, method)
     wait_idle(page)
     no_exception(page)
-    shown = page.locator("[class*='st-key-tile-'] [data-testid='stImage'] img").count()
+    # tiles showing a picture (a map tile also holds its colour bar image, so count tiles, not images)
+    shown = page.locator("[class*='st-key-tile-']:has([data-testid='stImage'] img)").count()
     assert shown == 1 + len(MAPS)  # the input and the maps
 
     tiles = {m: png(download(page, page.locator(f".st-key-{tile_key(m)} [data-testid='stDownloadButton'] button")))
