@@ -24,7 +24,9 @@ import os
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,7 +61,9 @@ def _trim() -> None:
 def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> dict:
     os.environ["RELEVANCE_EXPLORER_MAP_CACHE_MB"] = str(cache_mb)
     import torch
+    import streamlit.testing.v1.app_test as app_test_module
     from streamlit.testing.v1 import AppTest
+    from streamlit.testing.v1.util import patch_config_options
 
     import explainers
     from explainers.images import GALLERY
@@ -83,6 +87,15 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     explainers.explain = recording_explain
     rss: list[list[float]] = []
     seconds: list[float] = []
+    # AppTest.run patches streamlit's process-wide config (global.appTest) with unittest.mock for the length of
+    # each run. Runs in several threads enter and leave that patch out of order, which puts the real get_option
+    # back while another session's script is still running; that script's widgets then skip the format function
+    # AppTest keeps for them, and its next run fails with KeyError '$$ID-...' (a harness race: a real server has
+    # no AppTest). So: one patch for the whole soak, none per run.
+    one_patch = patch_config_options({"global.appTest": True})
+    no_patch_per_run = mock.patch.object(app_test_module, "patch_config_options", lambda overrides: nullcontext())
+    one_patch.__enter__()
+    no_patch_per_run.__enter__()
     try:
         from pages.common import get_bundle
 
@@ -129,6 +142,8 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
                 f"{len(maps)} distinct maps, errors {len(errors)}")
     finally:
         explainers.explain = original
+        no_patch_per_run.__exit__(None, None, None)
+        one_patch.__exit__(None, None, None)
 
     # Solo: every map again, one at a time, on the same shared model, with no other session running.
     from pages.common import map_cache
