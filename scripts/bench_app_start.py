@@ -1,10 +1,14 @@
 """Cold start of the real app: seconds from `streamlit run app.py` to the first heatmap in Chromium.
 
-Usage: python scripts/bench_app_start.py [--repeat 3]
+Usage: python scripts/bench_app_start.py [--repeat 3] [--plain] [--image KEY] [--delay S]
 
-Each repeat starts a fresh Streamlit server (so nothing is cached: model load, class names,
-first Grad-CAM all count), opens it in Debian's /usr/bin/chromium through Playwright and waits
-for the Compare page's first map (the image in Grad-CAM's tile, or on pages without tiles its
+Each repeat starts a fresh server with the README's command, `python scripts/serve.py` (its warm-up prepares the
+default view while the browser loads; `--plain`: `streamlit run app.py`, no warm-up), so nothing is cached: model
+load, class names, first Grad-CAM all count.  It opens the app in Debian's /usr/bin/chromium through Playwright
+(`--image coffee`: a link to another gallery image, `/?image=coffee`, whose map the warm-up has not made) and waits
+for the Compare page's first map (`--delay 9`: the browser opens 9 s after the server answered, as when the
+server is started before a demo, and the time counts from opening the page): the image in Grad-CAM's tile, or on
+pages without tiles its
 "native 7x7" caption).  Prints the time until the health endpoint answers, the time until the
 first heatmap is on screen, and the load average (issue 15 asks for <= 5 s on a quiet machine).
 A benchmark, not a test.  scripts/bench_app_grid.py reuses :func:`serve` for a warm server.
@@ -38,9 +42,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(log: Path | None = None) -> Iterator[tuple[str, float]]:
-    """A fresh `streamlit run app.py` on a free port (offline, a temporary store): yields (url, seconds from
-    launch until the health endpoint answered); the server is stopped afterwards."""
+def serve(log: Path | None = None, plain: bool = True) -> Iterator[tuple[str, float]]:
+    """A fresh server on a free port (offline, a temporary store): `streamlit run app.py` (``plain``), else
+    `python scripts/serve.py` with its warm-up.  Yields (url, seconds from launch until the health endpoint
+    answered); the server is stopped afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,9 +53,10 @@ def serve(log: Path | None = None) -> Iterator[tuple[str, float]]:
                "RELEVANCE_EXPLORER_DB": str(Path(tmp) / "store.sqlite")}
         out = log.open("w") if log else subprocess.DEVNULL
         t0 = time.perf_counter()
+        launch = [sys.executable, "-m", "streamlit", "run", "app.py"] if plain else \
+            [sys.executable, "scripts/serve.py", "--address", "127.0.0.1"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1"],
+            [*launch, "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
         try:
@@ -77,12 +83,15 @@ def first_map(page):
     return tile.or_(page.get_by_text("native 7x7")).first
 
 
-def one_cold_start(browser) -> tuple[float, float]:
+def one_cold_start(browser, plain: bool, image: str | None, delay: float = 0.0) -> tuple[float, float]:
     t0 = time.perf_counter()
-    with serve() as (url, healthy):
+    with serve(plain=plain) as (url, healthy):
+        if delay:
+            time.sleep(delay)
+            t0 = time.perf_counter()
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.set_default_timeout(300_000)
-        page.goto(url)
+        page.goto(f"{url}/?image={image}" if image else url)
         first_map(page).wait_for()
         shown = time.perf_counter() - t0
         page.close()
@@ -96,14 +105,21 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--plain", action="store_true", help="`streamlit run app.py` (no warm-up)")
+    parser.add_argument("--image", help="open a link to this gallery image instead of the default view")
+    parser.add_argument("--delay", type=float, default=0.0, help="open the page this many seconds after the "
+                        "server answered; the time then counts from opening it")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
 
-    print(f"load average before: {load()} ({os.cpu_count()} CPUs)")
+    opened = f", page opened {args.delay:g} s after the server answered" if args.delay else ""
+    print(f"{'streamlit run app.py' if args.plain else 'scripts/serve.py (warm-up)'}, "
+          f"{'/?image=' + args.image if args.image else 'default view'}{opened}; "
+          f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        runs = [one_cold_start(browser) for _ in range(args.repeat)]
+        runs = [one_cold_start(browser, args.plain, args.image, args.delay) for _ in range(args.repeat)]
         browser.close()
     for i, (healthy, first) in enumerate(runs, 1):
         print(f"run {i}: server healthy {healthy:.1f} s, first heatmap {first:.1f} s")

@@ -1,6 +1,10 @@
 """Start the app with ``server.allowedHosts`` set from the bind address (issue 17, point 5).
 
-Usage: python scripts/serve.py [--address ADDR] [--port PORT] [extra streamlit options ...]
+Usage: python scripts/serve.py [--address ADDR] [--port PORT] [--no-warm-up] [extra streamlit options ...]
+
+This is the README's way to start the app: Streamlit runs in this process, and ``pages/warmup.py`` first starts
+loading and running the default view in a background thread (imports, model, its first map), while the server
+starts and the first browser loads the page (issue 15: the model loaded and warmed once per server).
 
 Streamlit (1.67) accepts a WebSocket from any Host header unless ``server.allowedHosts`` is set, so a
 page on a foreign name that resolves to this machine (DNS rebinding) could talk to the app.  The repo's
@@ -56,11 +60,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="localhost")
     parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--no-warm-up", action="store_true", help="do not prepare the default view at start")
     args, extra = parser.parse_known_args()
     cmd = command(args.address, args.port, extra)
     print("allowed hosts:", ", ".join(allowed_hosts(args.address)), file=sys.stderr)
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working folder
-    os.execv(cmd[0], cmd)
+    from streamlit.web import cli  # (before the warm-up: a thread importing torch meanwhile made both slower)
+
+    if not args.no_warm_up:
+        sys.path.insert(0, str(ROOT))
+        from pages import warmup
+
+        warmup.start()
+    sys.argv = ["streamlit", *cmd[3:]]  # `python -m streamlit run app.py ...`, in this process
+    sys.exit(cli.main())
 
 
 if __name__ == "__main__":

@@ -60,8 +60,8 @@ def _trim() -> None:
 
 def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> dict:
     os.environ["RELEVANCE_EXPLORER_MAP_CACHE_MB"] = str(cache_mb)
-    import torch
     import streamlit.testing.v1.app_test as app_test_module
+    import torch
     from streamlit.testing.v1 import AppTest
     from streamlit.testing.v1.util import patch_config_options
 

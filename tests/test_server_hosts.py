@@ -1,5 +1,6 @@
 """A server that only talks to its own page (issue 17, point 5): a WebSocket with a foreign Host header
-(the DNS-rebinding shape, Origin matching the Host) is refused; the app's own names are accepted."""
+(the DNS-rebinding shape, Origin matching the Host) is refused; the app's own names are accepted.  The server is
+started by scripts/serve.py, whose warm-up (issue 15) must then report itself ready."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import os
 import socket
 import subprocess
+import sys
 import time
 import tomllib
 import urllib.request
@@ -63,8 +65,10 @@ def test_foreign_host_header_is_refused(tmp_path):
     env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "RELEVANCE_EXPLORER_DB": str(tmp_path / "s.sqlite")}
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(serve.command("127.0.0.1", port, ["--server.headless", "true"]), cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    # the README's launcher itself (Streamlit in its process, after its warm-up thread has started)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--address", "127.0.0.1", "--port",
+                             str(port), "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
         for _ in range(240):
             try:
@@ -76,9 +80,15 @@ def test_foreign_host_header_is_refused(tmp_path):
             pytest.fail((tmp_path / "server.log").read_text()[-2000:])
         results = {h: asyncio.run(_handshake(port, h)) for h in ("127.0.0.1", "localhost", "evil.example",
                                                                   "127.0.0.1.nip.io")}
+        for _ in range(240):  # the warm-up (pages/warmup.py) ends with one line: ready, or why it stopped
+            if "warm-up:" in (tmp_path / "server.log").read_text():
+                break
+            time.sleep(0.5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
     assert results["127.0.0.1"] == "open" and results["localhost"] == "open", results
     assert results["evil.example"] != "open" and results["127.0.0.1.nip.io"] != "open", results
+    text = (tmp_path / "server.log").read_text()
+    assert "warm-up: ready in" in text and "Traceback" not in text, text[-2000:]
