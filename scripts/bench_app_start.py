@@ -1,4 +1,4 @@
-"""Cold start of the real app: seconds from `streamlit run app.py` to the first heatmap in Chromium.
+"""Cold start of the real app: seconds from launching the server to the first heatmap in Chromium.
 
 Usage: python scripts/bench_app_start.py [--repeat 3] [--plain] [--image KEY] [--delay S]
 
@@ -8,8 +8,7 @@ load, class names, first Grad-CAM all count.  It opens the app in Debian's /usr/
 (`--image coffee`: a link to another gallery image, `/?image=coffee`, whose map the warm-up has not made) and waits
 for the Compare page's first map (`--delay 9`: the browser opens 9 s after the server answered, as when the
 server is started before a demo, and the time counts from opening the page): the image in Grad-CAM's tile, or on
-pages without tiles its
-"native 7x7" caption).  Prints the time until the health endpoint answers, the time until the
+pages without tiles its "native 7x7" caption.  Prints the time until the health endpoint answers, the time until the
 first heatmap is on screen, and the load average (issue 15 asks for <= 5 s on a quiet machine).
 A benchmark, not a test.  scripts/bench_app_grid.py reuses :func:`serve` for a warm server.
 """
