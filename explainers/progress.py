@@ -78,3 +78,26 @@ def cancellable(token: CancelToken | None = None) -> Iterator[CancelToken]:
         yield token
     finally:
         _token.reset(reset)
+
+
+class ForwardProgress:
+    """Counts a model's forward passes inside a library's loop and reports the fraction done (``total`` expected).
+
+    The libraries (pytorch-grad-cam's Score-CAM and Ablation-CAM, captum's Integrated Gradients) loop internally,
+    so a forward hook is the one place we can observe their progress without copying their loops; each report is
+    also where a Stop takes effect.  The hook is removed when the block ends.
+    """
+
+    def __init__(self, model, total: int, text: str) -> None:
+        self.model, self.total, self.text, self.done = model, max(int(total), 1), text, 0
+
+    def __enter__(self) -> ForwardProgress:
+        def hook(_module, _inputs, _output) -> None:
+            self.done += 1
+            report(self.done / self.total, f"{self.text} {min(self.done, self.total)}/{self.total}")
+
+        self.handle = self.model.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()

@@ -56,3 +56,26 @@ def test_tokens_are_scoped_to_their_block():
         with pytest.raises(Cancelled):
             report(0.5)
     report(0.5)  # outside the block the flag no longer applies
+
+
+@pytest.mark.parametrize("method, options, fractions", [
+    # captum's IG: 8 steps in chunks of internal_batch_size=2 inputs for 1 image -> 4 forward passes
+    ("integrated-gradients", {"steps": 8, "internal_batch_size": 2}, [0.25, 0.5, 0.75, 1.0]),
+    # our SmoothGrad loop: 6 noisy copies, 4 per pass -> 2 passes
+    ("smoothgrad", {"samples": 6, "batch_size": 4}, [0.5, 1.0]),
+])
+def test_gradient_methods_report_progress_and_stop_on_request(lite0, gallery_x, method, options, fractions):
+    import explainers
+
+    seen: list[float] = []
+    with progress_callback(lambda f, t: seen.append(f)):
+        explainers.explain(lite0, gallery_x["chelsea"], method, **options)
+    assert seen == pytest.approx(fractions)
+
+    token = CancelToken()
+
+    def stop_after_first(f: float, _text: str) -> None:
+        token.cancel()  # a Stop clicked while the first pass reports: the next report ends the work
+
+    with progress_callback(stop_after_first), cancellable(token), pytest.raises(Cancelled):
+        explainers.explain(lite0, gallery_x["chelsea"], method, **options)

@@ -21,6 +21,7 @@ from ..capabilities import CONV_MAP, capabilities_of
 from ..guard import model_guard
 from ..layers import cam_layer, named_layer, vit_reshape_transform
 from ..models import ModelBundle
+from ..progress import ForwardProgress
 from ..registry import MethodOutput, MethodSpec, Option, register
 
 LAYER_OPTION = Option("layer", "str", "", help="Target layer by name (empty: the model family's default: "
@@ -232,30 +233,6 @@ def top_channels(activations, k: int) -> torch.Tensor:
     return acts.flatten(2).mean(-1).topk(k, dim=-1).indices
 
 
-class _ForwardProgress:
-    """Counts the model's forward passes inside a slow CAM's weight loop and reports the fraction done.
-
-    The libraries loop internally (with their own tqdm), so a forward hook is the one place we can
-    observe progress without copying their loops; the hook is removed when the loop ends.
-    """
-
-    def __init__(self, model: torch.nn.Module, total: int, text: str) -> None:
-        self.model, self.total, self.text, self.done = model, max(total, 1), text, 0
-
-    def __enter__(self) -> _ForwardProgress:
-        from ..progress import report
-
-        def hook(_module, _inputs, _output) -> None:
-            self.done += 1
-            report(self.done / self.total, f"{self.text} {min(self.done, self.total)}/{self.total}")
-
-        self.handle = self.model.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-
 def _scorecam_class():
     from pytorch_grad_cam import ScoreCAM
 
@@ -274,7 +251,7 @@ def _scorecam_class():
             b, c = activations.shape[:2]
             k = c if self.top_k is None else min(self.top_k, c)
             steps = -(-k // getattr(self, "batch_size", 16))
-            with _ForwardProgress(self.model, b * steps, "Score-CAM forward passes"):
+            with ForwardProgress(self.model, b * steps, "Score-CAM forward passes"):
                 if k == c:
                     return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
                 idx = top_channels(activations, k).numpy()
@@ -338,7 +315,7 @@ def _ablation_classes():
             steps = -(-k // self.batch_size)
             try:
                 # one forward for the original scores, then one per batch of ablated channels per image
-                with _ForwardProgress(self.model, 1 + input_tensor.shape[0] * steps, "Ablation-CAM forward passes"):
+                with ForwardProgress(self.model, 1 + input_tensor.shape[0] * steps, "Ablation-CAM forward passes"):
                     return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
             except BaseException:
                 replace_layer_recursive(self.model, self.ablation_layer, target_layer)

@@ -11,6 +11,8 @@ hooks), so no captum run touches the model other sessions use.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ import torch
 from ..capabilities import CONV_MAP, DISTINCT_ACTIVATIONS
 from ..guard import model_guard
 from ..models import ModelBundle
+from ..progress import ForwardProgress, report
 from ..registry import MethodOutput, MethodSpec, Option, register
 
 BASELINE_OPTION = Option("baseline", "choice", "black", choices=("black", "blurred"),
@@ -41,15 +44,18 @@ def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str) -> torch.Te
 
 
 def run_captum(bundle: ModelBundle, x: torch.Tensor, make, view: str | None = None, key: str | None = None,
-               **attribute_kwargs: Any) -> MethodOutput:
+               passes: tuple[int, str] | None = None, **attribute_kwargs: Any) -> MethodOutput:
     """``make(model).attribute(x, target=targets, **kwargs)`` on a private view, channel-summed.
 
     ``key``: which private view (default: the name of ``make``); ``view``: the library-view form (for the
     methods whose rules captum attaches by exact module type: Guided Backprop "guided", DeepLift
-    "rescale"; see library_view.py)."""
+    "rescale"; see library_view.py); ``passes``: (forward passes expected, text) to report progress by
+    (explainers.progress: a progress bar, and where a Stop ends the work)."""
     key = key or getattr(make, "__name__", "captum")
     with model_guard(bundle, view_key=f"captum:{key}", form=view) as model:
-        attr = make(model).attribute(x.detach().clone().requires_grad_(True), **attribute_kwargs)
+        counting = ForwardProgress(model, *passes) if passes else contextlib.nullcontext()
+        with counting:
+            attr = make(model).attribute(x.detach().clone().requires_grad_(True), **attribute_kwargs)
     return MethodOutput(attribution=attr.detach().sum(1), native_resolution=tuple(x.shape[-2:]))
 
 
@@ -68,9 +74,12 @@ def _input_x_gradient(bundle, x, targets, opts):
 def _integrated_gradients(bundle, x, targets, opts):
     from captum.attr import IntegratedGradients
 
+    # captum splits the steps x images into chunks of at most internal_batch_size inputs: one forward pass each
+    per_pass = max(1, opts["internal_batch_size"] // x.shape[0])
+    passes = (math.ceil(opts["steps"] / per_pass), "Integrated Gradients passes")
     return run_captum(bundle, x, IntegratedGradients, target=targets, n_steps=opts["steps"],
                       baselines=baseline_tensor(bundle, x, opts["baseline"]),
-                      internal_batch_size=opts["internal_batch_size"])
+                      internal_batch_size=opts["internal_batch_size"], passes=passes)
 
 
 def smoothgrad_noise(x_i: torch.Tensor, samples: int, noise_level: float, seed: int) -> torch.Tensor:
@@ -89,7 +98,7 @@ def _smoothgrad(bundle, x, targets, opts):
     from captum.attr import Saliency
 
     n, step = opts["samples"], opts["batch_size"]
-    maps = []
+    maps, done, chunks = [], 0, x.shape[0] * math.ceil(n / step)
     with model_guard(bundle, view_key="captum:SmoothGrad") as model:
         saliency = Saliency(model)
         for i in range(x.shape[0]):  # one image's noisy copies per pass: rows never mix
@@ -99,6 +108,8 @@ def _smoothgrad(bundle, x, targets, opts):
             for s in range(0, n, step):
                 noisy = (x_i + noise[s:s + step]).requires_grad_(True)
                 total += saliency.attribute(noisy, target=int(targets[i]), abs=False).detach().sum(0)
+                done += 1
+                report(done / chunks, f"SmoothGrad noisy copies {min(s + step, n) + i * n}/{n * x.shape[0]}")
             maps.append(total.sum(0) / n)  # channel sum of the mean gradient (signed)
     return MethodOutput(attribution=torch.stack(maps), native_resolution=tuple(x.shape[-2:]))
 
