@@ -203,11 +203,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .registry import METHODS
+    from . import method_catalogue
 
-    for m in METHODS.values():
-        opts = ", ".join(f"{o.name}={o.default!r}" for o in m.options)
-        print(f"{m.id:24s} {m.family:9s} {m.name}  [needs: {m.requirement.needs}]  {opts}")
+    if args.refresh:
+        print(f"wrote {method_catalogue.refresh()}")
+        return 0
+    print("\n".join(method_catalogue.lines(method_catalogue.rows())))
     return 0
 
 
@@ -446,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("methods", help="list registered methods and their options")
+    p.add_argument("--refresh", action="store_true",
+                   help="rewrite the stored listing (explainers/method_catalogue.json) from the registry")
     p.set_defaults(func=cmd_methods)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

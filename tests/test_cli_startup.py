@@ -1,8 +1,9 @@
 """The CLI starts without torch and its optional stacks (issue 15, point 9): `import explainers`, building the
 parser, `--help` and argument errors must not import torch, pytorch-grad-cam, captum, zennit, scikit-learn or
 matplotlib (torch alone is ~2 s and 650 MB RSS here); `models` lists the zoo without torch, torchvision or timm;
-`methods` needs torch (the method modules define their functions with it) but none of the optional stacks; the
-app's default gallery image loads without SciPy.  Not timed tests: they check what was imported."""
+`methods` lists the stored catalogue without torch (and the catalogue equals the registry); the registry itself
+needs torch but none of the optional stacks; the app's default gallery image loads without SciPy.
+Not timed tests: they check what was imported."""
 
 from __future__ import annotations
 
@@ -75,9 +76,20 @@ def test_models_listing_imports_no_torch():
                           HEAVY) == []
 
 
-def test_methods_listing_and_registry_import_no_optional_stack():
-    code = "from explainers.cli import main; main(['methods']); import explainers; explainers.get_method('gradcam')"
-    assert imported_after(code, OPTIONAL) == []
+def test_methods_listing_imports_no_torch_and_the_registry_no_optional_stack():
+    assert imported_after("from explainers.cli import main; main(['methods'])", HEAVY) == []
+    assert imported_after("import explainers; explainers.get_method('gradcam')", OPTIONAL) == []
+
+
+def test_stored_method_catalogue_equals_the_registry():
+    """`methods` prints explainers/method_catalogue.json; a method added or changed without
+    `python -m explainers methods --refresh` fails here."""
+    from explainers import method_catalogue
+
+    assert json.loads(method_catalogue.PATH.read_text()) == method_catalogue.registry_rows()
+    out = subprocess.run([sys.executable, "-m", "explainers", "methods"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0 and out.stdout.splitlines() == method_catalogue.lines(method_catalogue.registry_rows())
 
 
 def test_default_gallery_image_loads_without_scipy():
