@@ -122,10 +122,12 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
                  image_name: str = "image", image_hash: str = "", top5: list[tuple[int, str, float]] | None = None,
                  options: dict[str, dict[str, Any]] | None = None, opacity: float = 0.5, clip: float = 99.5,
                  cmap: str | None = None, signed_cmap: str | None = None, weights: str | None = None,
-                 view: str = "auto", title: str = "Relevance Explorer report") -> Report:
+                 view: str = "auto", views: dict[str, str] | None = None,
+                 title: str = "Relevance Explorer report") -> Report:
     """Collect everything a reader needs from maps already computed for ``image`` (the original picture) on
     ``bundle``.  ``options``: method -> the options the user set, display-only ones included (the explanation
-    records the compute options it ran with).  ``weights``: what ``--weights`` reproduces the model ('default',
+    records the compute options it ran with).  ``view``: the page's view; ``views``: method -> a map's own view
+    (a Compare tile's override), where it has one.  ``weights``: what ``--weights`` reproduces the model ('default',
     'untrained' or a file); guessed from the bundle when not given."""
     display = display_image(bundle, image)
     maps = []
@@ -136,7 +138,7 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
             method=e.method, name=spec.name, options=used, seconds=float(e.seconds), target=int(e.target),
             target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=bool(e.signed),
             native_resolution=tuple(e.native_resolution) if e.native_resolution else None,
-            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, view)))
+            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view)))
     p = bundle.prep
     model = {
         "name": bundle.name, "label": bundle.label, "fingerprint": bundle.fingerprint, "trained": bool(bundle.trained),
@@ -156,7 +158,10 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
         title=title, created=datetime.now(UTC).replace(microsecond=0).isoformat(), image_name=image_name,
         image_hash=image_hash, image_rgb=np.asarray(display), model=model,
         top5=top5 if top5 is not None else bundle.topk(bundle.preprocess(image), 5), maps=maps,
-        display={"view": view, "opacity": opacity, "colour limit (percentile)": clip,
+        display={"view": view, **({"own views": ", ".join(f"{METHODS[m].name}: {v}" for m, v in views.items()
+                                                           if v and m in {e.method for e in explanations})}
+                                  if views and any(views.values()) else {}),
+                 "opacity": opacity, "colour limit (percentile)": clip,
                  "colormap": cmap or render.SEQUENTIAL[0],
                  "colormap (signed maps)": signed_cmap or render.DIVERGING[0]},
         command=shlex.join(command))

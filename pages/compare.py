@@ -123,6 +123,7 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
     auto = render.default_view(spec.family, res.signed, res.native_resolution, tuple(shown.shape))
     own = st.segmented_control("View of this map", ("heatmap", "overlay", "side by side"), key=f"view_{tile}",
                                label_visibility="collapsed", help=f"Empty: the page's view ({view}; auto = {auto})")
+    own_views[tile] = own
     kind = own or (auto if view == "auto" else view)
     rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
     bar = render.colorbar(cmap, signed=res.signed)
@@ -175,6 +176,7 @@ if slow:
                  "Score-CAM/Ablation-CAM use only the top-k channels on a CPU by default (option top k).")
 
 results: dict = {}  # method -> Explanation, for the report
+own_views: dict[str, str | None] = {}  # method -> its tile's own view (None: the page's), for the report
 stopped = st.session_state.setdefault(STOPPED, set())
 done = st.session_state.setdefault(DONE, {})
 
@@ -222,4 +224,6 @@ for method in order:
         except Exception as exc:  # noqa: BLE001
             common.show_error(exc)
 
-report_button.show(ctx, {m: results[m] for m in chosen if m in results}, options)  # in the grid's order
+report_button.show(ctx, {m: results[m] for m in chosen if m in results}, options,  # in the grid's order
+                   {"view": view, "opacity": opacity, "clip": clip, "cmap": seq_cmap, "signed_cmap": div_cmap,
+                    "views": own_views})

@@ -18,9 +18,6 @@ from explainers.cache import ByteLRU
 from explainers.redact import public
 from explainers.report import build_report, report_filename
 
-# The Compare page's display controls (session keys and defaults): the report draws the maps as they were shown.
-DISPLAY = {"view": ("compare_view", "auto"), "opacity": ("compare_opacity", 0.5), "clip": ("compare_clip", 99.5),
-           "cmap": ("compare_cmap", None), "signed_cmap": ("compare_cmap_signed", None)}
 MIME = {"html": "text/html", "pdf": "application/pdf"}
 
 
@@ -28,10 +25,6 @@ MIME = {"html": "text/html", "pdf": "application/pdf"}
 def _cache() -> ByteLRU:
     """Built reports, shared by every session; a report of a few maps is about 0.5 MB per format."""
     return ByteLRU(64 * 2**20, max_entries=32)
-
-
-def _display_settings() -> dict[str, Any]:
-    return {name: st.session_state.get(key, default) for name, (key, default) in DISPLAY.items()}
 
 
 def _builder(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]], settings: dict[str, Any],
@@ -50,9 +43,11 @@ def _builder(ctx, results: dict[str, Explanation], options: dict[str, dict[str, 
     return lambda: cache.get_or_compute((kind, *key), build)
 
 
-def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]]) -> None:
+def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]], display: dict[str, Any]) -> None:
     """A "Report" popover with an HTML and a PDF download of the maps in ``results`` (method -> Explanation;
-    ``options``: method -> the options set on the page, display-only ones included).
+    ``options``: method -> the options set on the page, display-only ones included; ``display``: the page's
+    display settings as :func:`explainers.report.build_report` takes them (view, opacity, clip, cmap, signed_cmap,
+    and ``views``: each map's own view), so the report draws the maps as they were shown).
 
     Nothing is built until the user asks: "Build report" builds both files once (cached by everything they show);
     later reruns with the same maps and settings find them in the cache.  A deferred ``st.download_button``
@@ -61,7 +56,7 @@ def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]
     """
     if not results:
         return
-    settings = _display_settings()
+    settings = dict(display)
     used = {m: options.get(m, {}) for m in results}
     key = (ctx.image_hash, ctx.model_key, ctx.target, ctx.image_name,
            json.dumps(used, sort_keys=True, default=str), json.dumps(settings, sort_keys=True, default=str))

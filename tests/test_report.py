@@ -350,3 +350,25 @@ def test_compare_page_builds_the_report_only_when_asked(monkeypatch):
     assert {"report_html", "report_pdf"} <= keys
     at.run()  # a rerun finds both files in the cache
     assert len(calls) == 2 and {"report_html", "report_pdf"} <= {b.key for b in at.get("download_button")}
+
+
+def test_a_tiles_own_view_reaches_the_report(lite0, chelsea, maps, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pages import report_button
+
+    gradcam = maps[0]
+    own = build_report(lite0, chelsea, [gradcam], views={"gradcam": "heatmap"}, opacity=0.6, clip=99.0)
+    assert np.array_equal(own.maps[0].rgb, render.heatmap(gradcam.attribution, signed=False, clip=99.0))
+    assert "Grad-CAM: heatmap" in own.html()  # said next to the page's view
+
+    seen = []
+    real = report_button.build_report
+    monkeypatch.setattr(report_button, "build_report", lambda *a, **k: seen.append(k) or real(*a, **k))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300).run()
+    at.button_group(key="view_gradcam").set_value("side by side").run()
+    at.slider(key="compare_opacity").set_value(0.8).run()
+    at.button(key="report_build").click().run()
+    assert not at.exception and len(seen) == 2
+    assert seen[0]["views"] == {"gradcam": "side by side"} and seen[0]["opacity"] == 0.8
+    assert seen[0]["view"] == "auto"
