@@ -393,11 +393,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m explainers", description="Relevance Explorer command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("explain", help="explain one image and write a heatmap")
+def _image_and_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The image and the model (zoo name or source, weights, labels, head size): `explain` and `report`."""
     p.add_argument("image", type=existing_file, help="image file (PNG, JPEG, ...)")
     p.add_argument("--model", default="efficientnet_lite0",
                    help="a zoo name, a model of relevance-explorer.toml, timm:NAME, torchvision:NAME or "
@@ -407,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=existing_file, help="class names of the model's head: one per line, or JSON")
     p.add_argument("--num-classes", type=positive_int,
                    help="the head's class count (default: from labels or checkpoint)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m explainers", description="Relevance Explorer command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="explain one image and write a heatmap")
+    _image_and_model_arguments(p)
     p.add_argument("--method", default="gradcam")
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target", type=_int_at_least(0), help="class index to explain (default: the prediction)")
@@ -419,15 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("report", help="several maps of one image as a self-contained HTML file and a PDF")
-    p.add_argument("image", type=existing_file, help="image file (PNG, JPEG, ...)")
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="a zoo name, a model of relevance-explorer.toml, timm:NAME, torchvision:NAME or "
-                        "package.module:function (trusted code)")
-    p.add_argument("--weights", default="default", type=weights_arg,
-                   help="'default', 'untrained' or a state-dict file")
-    p.add_argument("--labels", type=existing_file, help="class names of the model's head: one per line, or JSON")
-    p.add_argument("--num-classes", type=positive_int,
-                   help="the head's class count (default: from labels or checkpoint)")
+    _image_and_model_arguments(p)
     p.add_argument("--methods", default=["gradcam"], type=methods_list,
                    help="comma-separated ids with optional inline options (lrp@rule=epsilon+eps=0.01), or "
                         "families: cam, gradient, lrp, srd, all")
