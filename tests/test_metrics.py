@@ -333,3 +333,45 @@ def test_stability_of_a_constant_explainer_is_zero():
     assert torch.allclose(s, torch.zeros(2))
     s2 = stability(lambda inp, t: inp.sum(1), x, [0, 0], samples=3)
     assert torch.all(s2 > 0)
+
+
+def test_cpu_insertion_deletion_in_channels_last_chunks_equals_the_plain_forward(lite0, gallery_x):
+    """The bundle path's CPU forward (chunks of 8, channels_last private view) gives the curves of the shared model
+    run plainly (batch 32, contiguous) to float rounding, and leaves the shared model as it was."""
+    from explainers.guard import views_of
+    from explainers.metrics.insdel import insertion_deletion, insertion_deletion_curves
+
+    x = torch.cat([gallery_x["chelsea"], gallery_x["coffee"]])
+    maps = torch.rand(2, 224, 224, generator=torch.Generator().manual_seed(0))
+    before = [p.data_ptr() for p in lite0.model.parameters()]
+    fast = insertion_deletion(lite0, x, maps, [281, 967], pixels_per_step=4000)
+    plain = insertion_deletion_curves(lite0.model, x, maps, [281, 967], mean=lite0.prep.mean, std=lite0.prep.std,
+                                      pixels_per_step=4000, batch_size=32)
+    # probabilities in [0, 1]; 2e-5 covers another convolution algorithm's float32 rounding through 5M weights
+    assert torch.allclose(fast.insertion, plain.insertion, atol=2e-5) and torch.allclose(fast.deletion,
+                                                                                          plain.deletion, atol=2e-5)
+    assert [p.data_ptr() for p in lite0.model.parameters()] == before
+    assert all(p.is_contiguous() for p in lite0.model.parameters())
+    assert any(v.channels_last for v in views_of(lite0))
+
+
+def test_cpu_insertion_deletion_falls_back_for_a_model_that_cannot_run_channels_last():
+    import dataclasses
+
+    from explainers.metrics.insdel import _CONTIGUOUS_ONLY, insertion_deletion, insertion_deletion_curves
+    from tests.toy_bundle import toy_bundle
+
+    class Viewing(torch.nn.Module):  # .view on a 4D input fails for channels_last strides
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x).view(x.shape[0], -1)[:, :2]
+
+    bundle = dataclasses.replace(toy_bundle(), model=Viewing().eval())
+    x, maps = torch.rand(1, 3, 2, 2), torch.rand(1, 2, 2)
+    got = insertion_deletion(bundle, x, maps, [0], pixels_per_step=1)
+    want = insertion_deletion_curves(bundle.model, x, maps, [0], pixels_per_step=1)
+    assert torch.allclose(got.insertion, want.insertion, atol=1e-6)
+    assert id(bundle.model) in _CONTIGUOUS_ONLY  # it did fail, and is remembered
