@@ -17,6 +17,7 @@ Ray is imported only here, and this module only when ``--engine ray`` is asked f
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -191,7 +192,10 @@ def run(ref: ModelRef, items: Any, methods: Sequence[str], metrics: Sequence[str
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         run_dir = folder / f"run-{uuid.uuid4().hex[:8]}"
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
+        # every actor gets work: with fewer rows than actors x batch, smaller batches (24 rows, batch 16 and
+        # 2 actors made one block, so one actor ran while the other waited: 1.7 img/s against 9.1 locally)
+        batch_size = max(1, min(batch_size, math.ceil(len(rows) / n)))
+        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
         # Ray Data's actor pools restart dead actors and retry their tasks by default (max_restarts=-1,
         # max_task_retries=-1): a killed worker costs its batch, not the run.
         ds = ds.map_batches(
