@@ -106,7 +106,6 @@ class View:
 
     model: nn.Module
     lock: threading.RLock
-    channels_last: bool = False  # its tensors converted (explainers.metrics.insdel's CPU forward passes)
 
 
 _VIEWS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str | None], View]] = weakref.WeakKeyDictionary()

@@ -139,6 +139,7 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
             target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=bool(e.signed),
             native_resolution=tuple(e.native_resolution) if e.native_resolution else None,
             rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view)))
+    own = [f"{METHODS[e.method].name}: {(views or {})[e.method]}" for e in explanations if (views or {}).get(e.method)]
     p = bundle.prep
     model = {
         "name": bundle.name, "label": bundle.label, "fingerprint": bundle.fingerprint, "trained": bool(bundle.trained),
@@ -158,10 +159,8 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
         title=title, created=datetime.now(UTC).replace(microsecond=0).isoformat(), image_name=image_name,
         image_hash=image_hash, image_rgb=np.asarray(display), model=model,
         top5=top5 if top5 is not None else bundle.topk(bundle.preprocess(image), 5), maps=maps,
-        display={"view": view, **({"own views": ", ".join(f"{METHODS[m].name}: {v}" for m, v in views.items()
-                                                           if v and m in {e.method for e in explanations})}
-                                  if views and any(views.values()) else {}),
-                 "opacity": opacity, "colour limit (percentile)": clip,
+        display={"view": view, **({"own views": ", ".join(own)} if own else {}), "opacity": opacity,
+                 "colour limit (percentile)": clip,
                  "colormap": cmap or render.SEQUENTIAL[0],
                  "colormap (signed maps)": signed_cmap or render.DIVERGING[0]},
         command=shlex.join(command))

@@ -26,6 +26,7 @@ from explainers.redact import public
 from pages import link
 
 UNTRAINED = "untrained (architecture only)"
+DEFAULT_METHODS = ("gradcam",)  # what Compare (and every methods picker) starts with
 
 
 @dataclass
@@ -124,7 +125,7 @@ def option_widgets(spec: MethodSpec, key_prefix: str) -> dict[str, Any]:
 
 
 def method_picker(bundle: explainers.ModelBundle, key: str,
-                  default: tuple[str, ...] = ("gradcam",)) -> tuple[list[str], dict[str, dict[str, Any]]]:
+                  default: tuple[str, ...] = DEFAULT_METHODS) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The methods multiselect plus one options panel per chosen method (widgets from each spec).
 
     Methods the current model does not support are offered nowhere; ones picked earlier for another model

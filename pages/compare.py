@@ -115,15 +115,15 @@ def _enlarged(title: str, rgb, bar, labels: str) -> None:
     st.caption(labels)
 
 
-def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
-    """One finished map: its view (the tile's own choice, else the page's), colour bar with units, buttons."""
+def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
+    """One finished map: its view (the tile's own choice, else the page's), colour bar with units, buttons.
+    Returns the tile's own view (None: it follows the page's), for the report."""
     spec = METHODS[tile]
     shown = spec.display_map(res.attribution, method_opts)
     cmap = div_cmap if res.signed else seq_cmap
     auto = render.default_view(spec.family, res.signed, res.native_resolution, tuple(shown.shape))
     own = st.segmented_control("View of this map", ("heatmap", "overlay", "side by side"), key=f"view_{tile}",
                                label_visibility="collapsed", help=f"Empty: the page's view ({view}; auto = {auto})")
-    own_views[tile] = own
     kind = own or (auto if view == "auto" else view)
     rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
     bar = render.colorbar(cmap, signed=res.signed)
@@ -141,6 +141,7 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> None:
                        mime="image/png", key=f"dl_{tile}", icon=":material/download:")
     if b2.button("Enlarge", key=f"zoom_{tile}", icon=":material/zoom_in:"):
         _enlarged(spec.name, rgb, bar, labels)
+    return own
 
 
 def draw_stopped(tile: str, sig: str) -> None:
@@ -220,7 +221,7 @@ for method in order:
         continue
     with slot.container():
         try:
-            draw_map(method, res, options.get(method, {}))
+            own_views[method] = draw_map(method, res, options.get(method, {}))
         except Exception as exc:  # noqa: BLE001
             common.show_error(exc)
 

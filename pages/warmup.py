@@ -23,8 +23,6 @@ import sys
 import threading
 import time
 
-DEFAULT_METHODS = ("gradcam",)  # Compare's default pick (pages.common.method_picker)
-
 
 def _log(message: str) -> None:
     print(f"warm-up: {message}", file=sys.stderr, flush=True)
@@ -41,7 +39,7 @@ def _wait_for_runtime(timeout: float = 60.0) -> bool:
     return True
 
 
-def default_view(methods: tuple[str, ...] = DEFAULT_METHODS, wait_for_runtime: bool = True) -> dict[str, float]:
+def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool = True) -> dict[str, float]:
     """Load and run what a first visit to Compare shows; returns seconds per step.  ``wait_for_runtime=False``
     (tests: AppTest has no runtime) uses Streamlit's caches as they are."""
     steps: dict[str, float] = {}
@@ -78,7 +76,7 @@ def default_view(methods: tuple[str, ...] = DEFAULT_METHODS, wait_for_runtime: b
     target = bundle.topk(x, 5)[0][0]
     step("image")
     model_key = f"{bundle.fingerprint}|{device}"
-    for method in methods:
+    for method in methods or common.DEFAULT_METHODS:
         if method not in supported:
             continue
         spec = explainers.get_method(method)

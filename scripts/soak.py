@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -92,10 +92,9 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     # back while another session's script is still running; that script's widgets then skip the format function
     # AppTest keeps for them, and its next run fails with KeyError '$$ID-...' (a harness race: a real server has
     # no AppTest). So: one patch for the whole soak, none per run.
-    one_patch = patch_config_options({"global.appTest": True})
-    no_patch_per_run = mock.patch.object(app_test_module, "patch_config_options", lambda overrides: nullcontext())
-    one_patch.__enter__()
-    no_patch_per_run.__enter__()
+    patches = ExitStack()
+    patches.enter_context(patch_config_options({"global.appTest": True}))
+    patches.enter_context(mock.patch.object(app_test_module, "patch_config_options", lambda overrides: nullcontext()))
     try:
         from pages.common import get_bundle
 
@@ -142,8 +141,7 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
                 f"{len(maps)} distinct maps, errors {len(errors)}")
     finally:
         explainers.explain = original
-        no_patch_per_run.__exit__(None, None, None)
-        one_patch.__exit__(None, None, None)
+        patches.close()
 
     # Solo: every map again, one at a time, on the same shared model, with no other session running.
     from pages.common import map_cache

@@ -206,19 +206,16 @@ _CONTIGUOUS_ONLY: set[int] = set()  # id() of the shared models whose channels_l
 
 
 def _cpu_forward(bundle) -> ModelFn:
-    from ..guard import model_guard, view
+    from ..guard import model_guard
 
     key = id(bundle.model)
 
     def model(batch: torch.Tensor) -> torch.Tensor:
         chunks = batch.split(CPU_CHUNK)
         if key not in _CONTIGUOUS_ONLY:
-            v = view(bundle, "insdel:channels_last")
             try:
                 with model_guard(bundle, requires_grad=False, view_key="insdel:channels_last") as m:
-                    if not v.channels_last:
-                        m.to(memory_format=torch.channels_last)  # the private view's own tensors
-                        v.channels_last = True
+                    m.to(memory_format=torch.channels_last)  # the private view's own tensors (a no-op once done)
                     return torch.cat([m(c.contiguous(memory_format=torch.channels_last)) for c in chunks])
             except RuntimeError:
                 _CONTIGUOUS_ONLY.add(key)
