@@ -77,6 +77,7 @@ def test_dataset_page_in_the_browser(project_url):
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
         cluster0 = page.locator('[data-testid="stExpander"]').filter(has_text="Cluster 0:")
         buttons = cluster0.get_by_role("button", name="Compare", exact=True)
+        buttons.first.wait_for()  # (the members render after the scatter: counting at once raced it under load)
         assert buttons.count() >= 1
         # the first member's caption names it ("apple/apple_K.png · ID ..."): the mean map's tile comes first
         first = cluster0.locator('[data-testid="stImageCaption"]').nth(1).inner_text().split(" · ")[0]
