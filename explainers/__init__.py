@@ -14,7 +14,13 @@ every name in ``__all__``; the registry imports :mod:`explainers.methods` on fir
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+from . import defer_dynamo
+
+if not os.environ.get("RELEVANCE_EXPLORER_IMPORT_DYNAMO"):  # 1-2 s of every model build's imports (see the module)
+    defer_dynamo.install()
 
 # public name -> submodule that defines it
 _LAZY = {

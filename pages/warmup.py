@@ -51,9 +51,11 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
         steps[name] = round(now - t, 3)
         t = now
 
+    import explainers  # first: it defers TorchDynamo's import (explainers/defer_dynamo.py), timm's and torchvision's
+
+    assert explainers.defer_dynamo  # (a statement, so that no import sorter puts timm above explainers)
     import timm  # noqa: F401 - with torch and torchvision: most of the import time, and no Streamlit needed
 
-    import explainers
     from explainers.images import GALLERY, image_hash
     from explainers.models import DEFAULT_MODEL, available_devices
     from pages import common

@@ -62,6 +62,7 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     os.environ["RELEVANCE_EXPLORER_MAP_CACHE_MB"] = str(cache_mb)
     import streamlit.testing.v1.app_test as app_test_module
     import torch
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
     from streamlit.testing.v1 import AppTest
     from streamlit.testing.v1.util import patch_config_options
 
@@ -95,6 +96,18 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     patches = ExitStack()
     patches.enter_context(patch_config_options({"global.appTest": True}))
     patches.enter_context(mock.patch.object(app_test_module, "patch_config_options", lambda overrides: nullcontext()))
+    # A second harness race: a real server has one ScriptCache, whose lock compiles each page once; every AppTest
+    # has its own, so the sessions parsed the same page at once, and CPython 3.11's AST construction is not
+    # thread-safe (its recursion counter is shared: "SystemError: AST constructor recursion depth mismatch",
+    # python/cpython#106905; seen once in CI, round 1).  One lock across the sessions' caches, as on a server.
+    compile_lock = threading.Lock()
+    get_bytecode = ScriptCache.get_bytecode
+
+    def get_bytecode_serialised(cache, script_path):
+        with compile_lock:
+            return get_bytecode(cache, script_path)
+
+    patches.enter_context(mock.patch.object(ScriptCache, "get_bytecode", get_bytecode_serialised))
     try:
         from pages.common import get_bundle
 
