@@ -9,8 +9,10 @@ that is accurate to within a factor of about two, which is what a "this will tak
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -25,8 +27,25 @@ _PASSES = {"gradient": 3.0, "cam": 3.0}
 _FIXED = {"eigencam": 1.0, "fullgrad": 3.0, "guided-gradcam": 6.0, "deeplift": 6.0}
 
 
+# Timed once per model object, device and batch size: every estimate of a model derives from one measurement
+# (the Compare page asks for one per method; each timing costs two forward passes, which on a server's first
+# visit competed with the first map).  The lock also makes concurrent callers wait for that one timing.
+_TIMED: WeakKeyDictionary = WeakKeyDictionary()
+_TIMED_LOCK = threading.Lock()
+
+
 def forward_seconds(bundle: ModelBundle, batch: int = 1) -> float:
-    """Seconds of one forward pass of ``batch`` images on the bundle's device (one warm-up pass, untimed)."""
+    """Seconds of one forward pass of ``batch`` images on the bundle's device (one warm-up pass, untimed);
+    measured once per model, device and batch size."""
+    with _TIMED_LOCK:
+        timed = _TIMED.setdefault(bundle.model, {})
+        key = (str(bundle.device), int(batch), int(bundle.input_size))
+        if key not in timed:
+            timed[key] = _time_forward(bundle, batch)
+        return timed[key]
+
+
+def _time_forward(bundle: ModelBundle, batch: int) -> float:
     x = torch.zeros(batch, 3, bundle.input_size, bundle.input_size, device=bundle.device)
     cuda = bundle.device.type == "cuda"
     with bundle.lock, torch.no_grad():

@@ -116,6 +116,9 @@ class ModelBundle:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _probs_memo: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     _memo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # held while a missing top-k is computed: a second caller of the same image (a page arriving while the
+    # server's warm-up computes it) waits for that forward pass instead of running its own beside it
+    _topk_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def input_size(self) -> int:
@@ -184,11 +187,15 @@ class ModelBundle:
         with self._memo_lock:
             probs = self._probs_memo.get(key)
         if probs is None:
-            probs = self.predict(first)[0]
-            with self._memo_lock:
-                self._probs_memo[key] = probs
-                while len(self._probs_memo) > 64:
-                    self._probs_memo.pop(next(iter(self._probs_memo)))
+            with self._topk_lock:
+                with self._memo_lock:
+                    probs = self._probs_memo.get(key)  # computed by the caller this one waited for
+                if probs is None:
+                    probs = self.predict(first)[0]
+                    with self._memo_lock:
+                        self._probs_memo[key] = probs
+                        while len(self._probs_memo) > 64:
+                            self._probs_memo.pop(next(iter(self._probs_memo)))
         values, indices = probs.topk(min(k, probs.numel()))  # a head can have fewer than k classes
         return [(int(i), self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
 

@@ -6,11 +6,14 @@ twice and a browser that arrives early simply waits on the same caches (Streamli
 compute a value once while other callers wait):
 
 1. the imports a page needs (torch, torchvision, timm, the method registry, Streamlit's caching): about 3 s of the
-   ~6 s a cold first page took on a 2-core CPU;
-2. then, once Streamlit's runtime exists (its caches need it), the default model on the default device
-   (``common.get_bundle``), its graph analysis (which methods it supports), the first gallery image decoded and its
-   top-5, and the default Compare view's map (Grad-CAM for the top class, default options) in the map cache; this
-   is also the first forward and backward pass, which costs ~10x a later one (allocator, thread pool, kernels).
+   ~6 s a cold first page took on a 2-core CPU, with the garbage collector paused (:func:`pause_collector`);
+2. then, once Streamlit's runtime exists (its caches need it), in the order a first visit to Compare asks for
+   them (so that a browser arriving early waits for each instead of computing it beside the warm-up: both
+   compete for one interpreter): the model table and the default model on the default device
+   (``common.get_bundle``), the first gallery image decoded and its top-5, the model's graph analysis (which
+   methods it supports), the timed forward pass the time estimates use (kept per model), and the default Compare
+   view's map (Grad-CAM for the top class, default options) in the map cache; this is also the first forward and
+   backward pass, which costs ~10x a later one (allocator, thread pool, kernels).
 
 ``streamlit run app.py`` works without it: the first session then pays these steps itself.  A failed step is
 logged and ends the warm-up; the app behaves as it would have without one.
@@ -18,7 +21,9 @@ logged and ends the warm-up; the app behaves as it would have without one.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import sys
 import threading
 import time
@@ -39,6 +44,30 @@ def _wait_for_runtime(timeout: float = 60.0) -> bool:
     return True
 
 
+_paused = False
+
+
+def pause_collector() -> None:
+    """Turn Python's cyclic garbage collector off until the warm-up's imports are done (scripts/serve.py calls
+    this first thing).  Importing Streamlit, torch, torchvision and timm creates ~480,000 long-lived objects, and
+    the collector ran five full passes over them meanwhile: 0.4-1.3 s of a cold start on a 2-core CPU."""
+    global _paused
+    gc.disable()
+    _paused = True
+
+
+def resume_collector() -> None:
+    """After :func:`pause_collector`: move every object alive now (modules, classes, functions: they live as
+    long as the server) to the collector's permanent generation, then turn it back on.  Later full passes,
+    which Streamlit runs after every script run (``runner.postScriptGC``), then scan only what the sessions
+    create: ~5 ms instead of ~0.17 s per rerun.  A no-op when the collector was not paused here."""
+    global _paused
+    if _paused:
+        gc.freeze()
+        gc.enable()
+        _paused = False
+
+
 def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool = True) -> dict[str, float]:
     """Load and run what a first visit to Compare shows; returns seconds per step.  ``wait_for_runtime=False``
     (tests: AppTest has no runtime) uses Streamlit's caches as they are."""
@@ -56,35 +85,40 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
     assert explainers.defer_dynamo  # (a statement, so that no import sorter puts timm above explainers)
     import timm  # noqa: F401 - with torch and torchvision: most of the import time, and no Streamlit needed
 
+    from explainers.estimate import estimate_seconds
     from explainers.images import GALLERY, image_hash
     from explainers.models import DEFAULT_MODEL, available_devices
     from pages import common
 
     explainers.METHODS  # noqa: B018 - the registry: every method module (imports torch's optional stacks they use)
+    resume_collector()
     step("imports")
     if wait_for_runtime and not _wait_for_runtime():
         raise RuntimeError("Streamlit's runtime did not start")
     step("runtime")
-    device = available_devices()[0]
+    device = available_devices()[0]  # the page's order, so that a page arriving early waits instead of
+    common.model_table()  # computing the same thing beside the warm-up (both compete for one interpreter)
     bundle = common.get_bundle(DEFAULT_MODEL, "default", device)
-    common.model_table()
     step("model")
-    supported = {m.id for m in explainers.methods_for(bundle)}
-    step("analysis")
     key = next(iter(GALLERY))
     data, name = GALLERY[key].png_bytes(), f"{key}.png"
     image = common.decode(data, name)
     x = bundle.preprocess(image)
     target = bundle.topk(x, 5)[0][0]
     step("image")
+    supported = {m.id for m in explainers.methods_for(bundle)}
+    step("analysis")
     model_key = f"{bundle.fingerprint}|{device}"
-    for method in methods or common.DEFAULT_METHODS:
-        if method not in supported:
-            continue
+    chosen = [m for m in methods or common.DEFAULT_METHODS if m in supported]
+    computes = {}
+    for method in chosen:
         spec = explainers.get_method(method)
-        compute, _ = spec.split_options({o.name: o.default for o in spec.options})
-        common.cached_explanation(image_hash(data), model_key, method, target, json.dumps(compute, sort_keys=True),
-                                  _bundle=bundle, _x=x)
+        computes[method], _ = spec.split_options({o.name: o.default for o in spec.options})
+        estimate_seconds(bundle, method, computes[method])  # its forward pass's timing, kept per model
+    step("estimates")
+    for method in chosen:
+        common.cached_explanation(image_hash(data), model_key, method, target,
+                                  json.dumps(computes[method], sort_keys=True), _bundle=bundle, _x=x)
     step("maps")
     return steps
 
@@ -94,13 +128,26 @@ def _run() -> None:
     try:
         steps = default_view()
     except Exception as exc:  # noqa: BLE001 - a courtesy: the pages compute everything themselves anyway
+        resume_collector()  # (stopped before the end of its imports)
         _log(f"stopped after {time.perf_counter() - t0:.1f} s ({type(exc).__name__}: {exc})")
         return
     _log(f"ready in {time.perf_counter() - t0:.1f} s ({', '.join(f'{k} {v:.2f} s' for k, v in steps.items())})")
 
 
+THREAD_NAME = "relevance-explorer-warm-up"
+
+
+class _NoContextWarning(logging.Filter):
+    """Drops Streamlit's "missing ScriptRunContext" warning for the warm-up thread: it uses Streamlit's caches
+    outside any session on purpose (the warning is meant for user threads that draw elements)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == THREAD_NAME and "missing ScriptRunContext" in record.getMessage())
+
+
 def start() -> threading.Thread:
     """Start the warm-up in a daemon thread (it never delays the server's own start or its shutdown)."""
-    thread = threading.Thread(target=_run, name="relevance-explorer-warm-up", daemon=True)
+    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(_NoContextWarning())
+    thread = threading.Thread(target=_run, name=THREAD_NAME, daemon=True)
     thread.start()
     return thread

@@ -65,12 +65,14 @@ def main() -> None:
     cmd = command(args.address, args.port, extra)
     print("allowed hosts:", ", ".join(allowed_hosts(args.address)), file=sys.stderr)
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working folder
-    from streamlit.web import cli  # (before the warm-up: a thread importing torch meanwhile made both slower)
-
     if not args.no_warm_up:
         sys.path.insert(0, str(ROOT))
         from pages import warmup
 
+        warmup.pause_collector()  # until the warm-up's imports are done (Streamlit's own included)
+    from streamlit.web import cli  # (before the warm-up: a thread importing torch meanwhile made both slower)
+
+    if not args.no_warm_up:
         warmup.start()
     sys.argv = ["streamlit", *cmd[3:]]  # `python -m streamlit run app.py ...`, in this process
     sys.exit(cli.main())

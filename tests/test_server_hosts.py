@@ -92,3 +92,4 @@ def test_foreign_host_header_is_refused(tmp_path):
     assert results["evil.example"] != "open" and results["127.0.0.1.nip.io"] != "open", results
     text = (tmp_path / "server.log").read_text()
     assert "warm-up: ready in" in text and "Traceback" not in text, text[-2000:]
+    assert "missing ScriptRunContext" not in text, text[-2000:]  # the warm-up's use of the caches is on purpose
