@@ -137,7 +137,8 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     st.caption(f"{res.seconds:.2f} s · native {native} · p={res.score:.3f} · {kind}")
     b1, b2 = st.columns(2)
     # the PNG is made only when the button is pressed (a callable), so a display rerun does not encode 5 PNGs
-    b1.download_button("Download PNG", lambda rgb=rgb: render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
+    # ("PNG", not "Download PNG": four tiles a row left "Downloa..." on a 1500 px wide window)
+    b1.download_button("PNG", lambda rgb=rgb: render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
                        mime="image/png", key=f"dl_{tile}", icon=":material/download:")
     if b2.button("Enlarge", key=f"zoom_{tile}", icon=":material/zoom_in:"):
         _enlarged(spec.name, rgb, bar, labels)

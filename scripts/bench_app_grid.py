@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts import browser_kit  # noqa: E402
 from scripts.bench_app_start import CHROMIUM, FLAGS, first_map, load, serve  # noqa: E402
+from scripts.browser_kit import choose_methods  # noqa: E402
 
 DEFAULT_METHODS = "gradcam,resnet-lrp,abslrp,srd,lrp"
 
@@ -55,31 +57,9 @@ def tile_id(method: str) -> str:
     return re.sub(r"[^a-z0-9]", "-", method.lower())
 
 
-def wait_idle(page, settle_ms: int = 300) -> None:
-    """Until Streamlit's run is over: its status widget gone (checked twice, ``settle_ms`` apart)."""
-    status = page.locator('[data-testid="stStatusWidget"]')
-    for _ in range(2):
-        page.wait_for_timeout(settle_ms)
-        status.wait_for(state="detached", timeout=600_000)
-
-
-def choose_methods(page, names: list[str]) -> None:
-    """Type into the Methods multiselect and click each option (as tests/test_browser.py does)."""
-    box = page.locator('[data-testid="stMultiSelect"]').first
-    for name in names:
-        chip = box.get_by_text(name, exact=True)
-        for _ in range(3):
-            if chip.count():
-                break
-            wait_idle(page)
-            box.click()
-            page.keyboard.type(name)
-            option = page.get_by_role("option", name=name, exact=True)
-            option.scroll_into_view_if_needed()
-            option.click()
-            page.keyboard.press("Escape")
-            wait_idle(page)
-        chip.first.wait_for()
+def wait_idle(page) -> None:
+    """Until the run is over, checked twice 0.3 s apart (the timings below subtract those two pauses)."""
+    browser_kit.wait_idle(page, checks=2, timeout_ms=600_000)
 
 
 def tile_images(page, ids: list[str]):

@@ -19,26 +19,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scripts.browser_kit import CHROMIUM, FLAGS, LAUNCHER, PLAIN, app_server, offline_env  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -46,34 +37,9 @@ def serve(log: Path | None = None, plain: bool = True) -> Iterator[tuple[str, fl
     """A fresh server on a free port (offline, a temporary store): `streamlit run app.py` (``plain``), else
     `python scripts/serve.py` with its warm-up.  Yields (url, seconds from launch until the health endpoint
     answered); the server is stopped afterwards."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-               "RELEVANCE_EXPLORER_DB": str(Path(tmp) / "store.sqlite")}
-        out = log.open("w") if log else subprocess.DEVNULL
-        t0 = time.perf_counter()
-        launch = [sys.executable, "-m", "streamlit", "run", "app.py"] if plain else \
-            [sys.executable, "scripts/serve.py", "--address", "127.0.0.1"]
-        proc = subprocess.Popen(
-            [*launch, "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                        raise SystemExit("streamlit did not answer its health check") from None
-                    time.sleep(0.05)
-            yield url, time.perf_counter() - t0
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            if log:
-                out.close()
+    with tempfile.TemporaryDirectory() as tmp, (log.open("w") if log else contextlib.nullcontext()) as out, \
+            app_server(offline_env(Path(tmp) / "store.sqlite"), PLAIN if plain else LAUNCHER, out) as (url, up, _):
+        yield url, up
 
 
 def first_map(page):

@@ -9,20 +9,17 @@ EfficientNet-Lite0 at 96x96; and the float32 Lite0 on the gallery's chelsea at 2
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 import sys
-import threading
 
 os.environ.setdefault("RELEVANCE_EXPLORER_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from explainers import load_model  # noqa: E402
 from explainers.images import GALLERY  # noqa: E402
+from tests.test_srd import _double  # noqa: E402
 
 SIZES = {"resnet18": 64, "resnet50": 64, "vgg16": 64, "efficientnet_lite0": 96}
 VARIANTS = (("contrastive", "norm"), ("spatial-mean", "contribution"), ("plain", "norm"))
@@ -30,19 +27,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "srd_
 
 
 def double(bundle):
-    """A float64 twin with seeded non-trivial BN statistics and biases (as tests/test_srd.py's ``_double``)."""
-    model = copy.deepcopy(bundle.model).double().eval()
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
-    return dataclasses.replace(bundle, model=model, lock=threading.RLock())
+    """A float64 twin with seeded non-trivial BN statistics and biases: tests/test_srd.py's own."""
+    return _double(bundle, random_biases=True)
 
 
 def bundles():

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from explainers.images import GALLERY
+from scripts.browser_kit import CHROMIUM, FLAGS, app_server, choose_methods, offline_env, wait_idle
+
+__all__ = ["CHROMIUM", "choose_methods", "wait_idle"]  # the other browser tests import these from here
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -32,12 +28,6 @@ pytestmark = [
 
 
 SERVER: dict = {}  # the running server's process and log, for the idle-CPU check
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,33 +47,11 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, project):
-    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "RELEVANCE_EXPLORER_DB": str(tmp_path_factory.mktemp("db") / "store.sqlite"),
-           "RELEVANCE_EXPLORER_CONFIG": str(project)}
-    env.pop("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", None)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
+    env = offline_env(tmp_path_factory.mktemp("db") / "store.sqlite", RELEVANCE_EXPLORER_CONFIG=str(project))
+    with log.open("w") as out, app_server(env, log=out) as (url, _, proc):
         SERVER.update(proc=proc, log=log)
-        try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -116,35 +84,6 @@ def cpu_seconds(pid: int) -> float:
 def no_exception(page) -> None:
     boxes = page.locator('[data-testid="stException"]')
     assert boxes.count() == 0, boxes.first.inner_text()
-
-
-def wait_idle(page) -> None:
-    """Wait until Streamlit has finished the current run (the status widget disappears)."""
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=240_000)
-
-
-def choose_methods(page, names: list[str]) -> None:
-    """Pick methods in the multiselect as a user does: type to filter, click the (scrolled-in) option, and wait
-    until the chosen chip shows in the box.  Retried: on a slow machine (CI) a pick made while the previous
-    pick's rerun redraws the box can be lost; the map wait that followed then found only the hidden "Saliency"
-    label inside the folded "Method options" expander and timed out after 120 s."""
-    box = page.locator('[data-testid="stMultiSelect"]').first
-    for name in names:
-        chip = box.get_by_text(name, exact=True)
-        for _ in range(3):
-            if chip.count():
-                break
-            wait_idle(page)
-            box.click()
-            page.keyboard.type(name)
-            option = page.get_by_role("option", name=name, exact=True)
-            option.scroll_into_view_if_needed()
-            option.click()
-            page.keyboard.press("Escape")
-            wait_idle(page)
-        chip.first.wait_for()
-    wait_idle(page)
 
 
 def tile_key(method: str) -> str:

@@ -3,17 +3,13 @@ clusters of a class, and a cluster member opened in Compare (its own server, sta
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from scripts.browser_kit import CHROMIUM, FLAGS, app_server, offline_env, wait_idle
 from tests.project import make_project
-from tests.test_browser import CHROMIUM, FLAGS, ROOT, free_port, no_exception, wait_idle
+from tests.test_browser import no_exception
 
 pytestmark = [
     pytest.mark.browser,
@@ -23,30 +19,9 @@ pytestmark = [
 
 @pytest.fixture
 def project_url(tmp_path):
-    toml = make_project(tmp_path / "project")
-    port = free_port()
-    env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "RELEVANCE_EXPLORER_CONFIG": str(toml), "RELEVANCE_EXPLORER_DB": str(tmp_path / "store.sqlite")}
-    env.pop("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", None)
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    env = offline_env(tmp_path / "store.sqlite", RELEVANCE_EXPLORER_CONFIG=str(make_project(tmp_path / "project")))
+    with (tmp_path / "server.log").open("w") as out, app_server(env, log=out) as (url, _, _proc):
+        yield url
 
 
 def test_dataset_page_in_the_browser(project_url):

@@ -2,7 +2,7 @@
 tests/test_browser.py, whose fixtures and helpers this file imports).
 
 What a user gets is the downloaded file: it must open (parse) and hold one embedded image for every map the page
-shows, each equal, pixel for pixel, to the PNG the map's own "Download PNG" button gives.
+shows, each equal, pixel for pixel, to the PNG the map's own PNG download button gives.
 """
 
 from __future__ import annotations

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import socket
-import subprocess
-import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from scripts.browser_kit import LAUNCHER, app_server, offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("serve", ROOT / "scripts" / "serve.py")
@@ -38,12 +36,6 @@ def test_allowed_hosts_follow_the_bind_address():
     assert "*" not in wide
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _handshake(port: int, host: str) -> str:
     """'open' or the refusal, for a WebSocket to the app with this Host header and a matching Origin."""
     import websockets
@@ -61,35 +53,18 @@ async def _handshake(port: int, host: str) -> str:
 
 @pytest.mark.slow
 def test_foreign_host_header_is_refused(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "RELEVANCE_EXPLORER_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "RELEVANCE_EXPLORER_DB": str(tmp_path / "s.sqlite")}
-    log = (tmp_path / "server.log").open("w")
+    log_path = tmp_path / "server.log"
     # the README's launcher itself (Streamlit in its process, after its warm-up thread has started)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--address", "127.0.0.1", "--port",
-                             str(port), "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail((tmp_path / "server.log").read_text()[-2000:])
+    with log_path.open("w") as log, app_server(offline_env(tmp_path / "s.sqlite"), LAUNCHER, log) as (url, _, _p):
+        port = int(url.rsplit(":", 1)[1])
         results = {h: asyncio.run(_handshake(port, h)) for h in ("127.0.0.1", "localhost", "evil.example",
                                                                   "127.0.0.1.nip.io")}
         for _ in range(240):  # the warm-up (pages/warmup.py) ends with one line: ready, or why it stopped
-            if "warm-up:" in (tmp_path / "server.log").read_text():
+            if "warm-up:" in log_path.read_text():
                 break
             time.sleep(0.5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert results["127.0.0.1"] == "open" and results["localhost"] == "open", results
     assert results["evil.example"] != "open" and results["127.0.0.1.nip.io"] != "open", results
-    text = (tmp_path / "server.log").read_text()
+    text = log_path.read_text()
     assert "warm-up: ready in" in text and "Traceback" not in text, text[-2000:]
     assert "missing ScriptRunContext" not in text, text[-2000:]  # the warm-up's use of the caches is on purpose
