@@ -6,6 +6,7 @@ and ``explainers``, and render.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -24,6 +25,13 @@ from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
 from explainers.redact import public
 from pages import link
+
+if gc.isenabled():  # (paused: scripts/serve.py's warm-up is importing this; it freezes them itself afterwards)
+    # Once per process, after the imports above (Streamlit, torch, torchvision, explainers: ~480,000 objects that
+    # live as long as the server): collect once, then keep them out of every later full pass.  Streamlit runs a
+    # full pass after every script run (runner.postScriptGC): 0.17 s per rerun over them, ~5 ms once frozen.
+    gc.collect()
+    gc.freeze()
 
 UNTRAINED = "untrained (architecture only)"
 DEFAULT_METHODS = ("gradcam",)  # what Compare (and every methods picker) starts with

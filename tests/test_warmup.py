@@ -125,3 +125,21 @@ def test_the_collector_pauses_for_the_imports_and_comes_back_frozen():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_plain_streamlit_run_freezes_the_import_time_objects_once():
+    """Without the launcher (`streamlit run app.py`) the first page's import of pages.common collects once and
+    freezes what the imports made; under the launcher's paused collector it leaves that to the warm-up."""
+    code = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from pages import warmup; warmup.pause_collector()\n"
+            "from pages import common\n"
+            "assert not gc.isenabled() and gc.get_freeze_count() == 0  # the warm-up's job\n"
+            "warmup.resume_collector(); assert gc.get_freeze_count() > 100_000\n"
+            "print('ok')")
+    plain = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r})\n"
+             "from pages import common\n"
+             "assert gc.isenabled() and gc.get_freeze_count() > 100_000\n"
+             "print('ok')")
+    for source in (code, plain):
+        out = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "ok", out.stderr[-2000:]
