@@ -139,7 +139,8 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     # the PNG is made only when the button is pressed (a callable), so a display rerun does not encode 5 PNGs
     # ("PNG", not "Download PNG": four tiles a row left "Downloa..." on a 1500 px wide window)
     b1.download_button("PNG", lambda rgb=rgb: render.png_bytes(rgb), file_name=f"{ctx.image_hash}_{tile}.png",
-                       mime="image/png", key=f"dl_{tile}", icon=":material/download:")
+                       mime="image/png", key=f"dl_{tile}", icon=":material/download:",
+                       on_click="ignore")  # no rerun: a second tile's click during it found its file gone (CI)
     if b2.button("Enlarge", key=f"zoom_{tile}", icon=":material/zoom_in:"):
         _enlarged(spec.name, rgb, bar, labels)
     return own

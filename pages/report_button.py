@@ -51,8 +51,9 @@ def show(ctx, results: dict[str, Explanation], options: dict[str, dict[str, Any]
 
     Nothing is built until the user asks: "Build report" builds both files once (cached by everything they show);
     later reruns with the same maps and settings find them in the cache.  A deferred ``st.download_button``
-    callable was tried first, but the Compare page reruns after every map download, and a click that still holds
-    the previous run's callable id is refused by the server ("Deferred file ... not found").
+    callable was tried first, but the Compare page then reran after every map download (the tiles' PNG buttons
+    no longer rerun it), and a click that still held the previous run's callable id was refused by the server
+    ("Deferred file ... not found").
     """
     if not results:
         return

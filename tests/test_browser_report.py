@@ -60,7 +60,7 @@ def test_report_download_holds_every_map_shown(page):  # noqa: F811 - the fixtur
 
     tiles = {m: png(download(page, page.locator(f".st-key-{tile_key(m)} [data-testid='stDownloadButton'] button")))
              for m in MAPS}
-    wait_idle(page)  # each PNG download reruns the page
+    wait_idle(page)
 
     page.locator('[data-testid="stPopover"] button').first.click()
     page.get_by_role("button", name=re.compile("Build report")).click()
