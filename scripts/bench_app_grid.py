@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import browser_kit  # noqa: E402
-from scripts.bench_app_start import CHROMIUM, FLAGS, first_map, load, serve  # noqa: E402
-from scripts.browser_kit import choose_methods  # noqa: E402
+from scripts.bench_app_start import first_map, load, serve  # noqa: E402
+from scripts.browser_kit import CHROMIUM, FLAGS, choose_methods  # noqa: E402
 
 DEFAULT_METHODS = "gradcam,resnet-lrp,abslrp,srd,lrp"
 

@@ -2,7 +2,7 @@
 Chromium they drive, a fresh app server on a free port, and the two page helpers every walk needs (wait until a
 run is over; pick methods in the multiselect as a user does).
 
-Debian's /usr/bin/chromium through Playwright, never a downloaded browser (no `playwright install`).
+Debian's /usr/bin/chromium through Playwright (the system browser; Playwright downloads none here).
 """
 
 from __future__ import annotations
