@@ -17,10 +17,11 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import defer_dynamo
+from . import defer_imports
 
-if not os.environ.get("RELEVANCE_EXPLORER_IMPORT_DYNAMO"):  # 1-2 s of every model build's imports (see the module)
-    defer_dynamo.install()
+# 1-2 s of every model build's imports (see the module); the older variable's name still turns it off
+if not (os.environ.get("RELEVANCE_EXPLORER_EAGER_IMPORTS") or os.environ.get("RELEVANCE_EXPLORER_IMPORT_DYNAMO")):
+    defer_imports.install()
 
 # public name -> submodule that defines it
 _LAZY = {

@@ -80,9 +80,9 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
         steps[name] = round(now - t, 3)
         t = now
 
-    import explainers  # first: it defers TorchDynamo's import (explainers/defer_dynamo.py), timm's and torchvision's
+    import explainers  # first: it defers imports of timm's and torchvision's (explainers/defer_imports.py)
 
-    assert explainers.defer_dynamo  # (a statement, so that no import sorter puts timm above explainers)
+    assert explainers.defer_imports  # (a statement, so that no import sorter puts timm above explainers)
     import timm  # noqa: F401 - with torch and torchvision: most of the import time, and no Streamlit needed
 
     from explainers.estimate import estimate_seconds

@@ -183,7 +183,32 @@ class _ThreadTracer(fx.Tracer):
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         if threading.get_ident() != self._thread:
             return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        # fx's own lookup walks ``root.named_parameters()`` (then ``named_buffers()``) until it meets
+        # ``attr_val``, on every parameter read: O(parameters) per read, 14,700 generator steps and about
+        # 0.1 s of EfficientNet-Lite0's 0.3 s first trace.  The same first-name-wins lookup from one table.
+        names = self._names()
+        name = names[0].get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes:
+            name = names[1].get(id(attr_val))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _names(self) -> tuple[dict[int, str], dict[int, str]]:
+        """{id: name} of the root's parameters and of its buffers, in fx's order (the first name wins)."""
+        if getattr(self, "_name_tables", None) is None or self._name_tables[0] is not self.root:
+            params: dict[int, str] = {}
+            buffers: dict[int, str] = {}
+            for n, p in self.root.named_parameters():
+                params.setdefault(id(p), n)
+            for n, b in self.root.named_buffers():
+                buffers.setdefault(id(b), n)
+            self._name_tables = (self.root, params, buffers)
+        return self._name_tables[1], self._name_tables[2]
 
 
 def _is_tracing_failure(exc: BaseException) -> bool:
