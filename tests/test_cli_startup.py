@@ -76,6 +76,54 @@ def test_models_listing_imports_no_torch():
                           HEAVY) == []
 
 
+def test_listing_the_zoo_with_an_empty_hub_cache_imports_not_the_hub_client(tmp_path):
+    """The app's sidebar lists the zoo on every cold start: with no Hub download cached (this machine, a fresh
+    install) that must not import huggingface_hub's file_download / HTTP stack (0.07-0.09 s)."""
+    code = (f"import os; os.environ['HF_HUB_CACHE'] = {str(tmp_path)!r}; from explainers.models import list_models; "
+            "rows = list_models(); assert any(not r.available and 'models--' in r.where for r in rows)")
+    assert imported_after(code, ("huggingface_hub.file_download", "huggingface_hub.hf_api", "httpx", "httpx2")) == []
+
+
+def test_hub_cache_lookup_equals_the_librarys(tmp_path, monkeypatch):
+    """Independent check of the shortcut: on a hand-built Hub cache, the lookup agrees with
+    ``huggingface_hub.try_to_load_from_cache`` for a missing repository, a cached file at main, a cached
+    'does not exist' marker with the fallback file present, and a repository folder with no snapshot."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from explainers.models import MODEL_SPECS, _hf_cached_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    specs = [s for s in MODEL_SPECS.values() if s.source not in ("embedded", "torchvision")][:4]
+    assert len(specs) == 4
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    def repo(spec):
+        return tmp_path / ("models--" + spec.hf_hub_id.replace("/", "--"))
+
+    # specs[0]: nothing cached.  specs[1]: model.safetensors at main.  specs[2]: model.safetensors cached as
+    # missing, pytorch_model.bin present.  specs[3]: the folder and refs exist, no snapshot.
+    for spec, files in ((specs[1], ["model.safetensors"]), (specs[2], ["pytorch_model.bin"]), (specs[3], [])):
+        (repo(spec) / "refs").mkdir(parents=True)
+        (repo(spec) / "refs" / "main").write_text(commit)
+        for name in files:
+            (repo(spec) / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+            (repo(spec) / "snapshots" / commit / name).write_bytes(b"x")
+    (repo(specs[2]) / ".no_exist" / commit).mkdir(parents=True)
+    (repo(specs[2]) / ".no_exist" / commit / "model.safetensors").write_bytes(b"")
+
+    def library(spec):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(spec.hf_hub_id, name, cache_dir=str(tmp_path))
+            if isinstance(hit, str):
+                return Path(hit)
+        return None
+
+    got = [_hf_cached_file(s) for s in specs]
+    assert got == [library(s) for s in specs]
+    assert got[0] is None and got[1].name == "model.safetensors" and got[2].name == "pytorch_model.bin"
+    assert got[3] is None
+
+
 def test_methods_listing_imports_no_torch_and_the_registry_no_optional_stack():
     assert imported_after("from explainers.cli import main; main(['methods'])", HEAVY) == []
     assert imported_after("import explainers; explainers.get_method('gradcam')", OPTIONAL) == []
