@@ -115,6 +115,11 @@ def _enlarged(title: str, rgb, bar, labels: str) -> None:
     st.caption(labels)
 
 
+# Short labels for a tile's own view: "heatmap | overlay | side by side" took two lines at four tiles a row on
+# a 1500 px wide window; the values (and the page's View choice, the caption, the URL) keep the full names.
+TILE_VIEW_LABELS = {"heatmap": "map", "overlay": "overlay", "side by side": "pair"}
+
+
 def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     """One finished map: its view (the tile's own choice, else the page's), colour bar with units, buttons.
     Returns the tile's own view (None: it follows the page's), for the report."""
@@ -123,7 +128,9 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     cmap = div_cmap if res.signed else seq_cmap
     auto = render.default_view(spec.family, res.signed, res.native_resolution, tuple(shown.shape))
     own = st.segmented_control("View of this map", ("heatmap", "overlay", "side by side"), key=f"view_{tile}",
-                               label_visibility="collapsed", help=f"Empty: the page's view ({view}; auto = {auto})")
+                               format_func=TILE_VIEW_LABELS.get, label_visibility="collapsed",
+                               help=f"map: the map alone; overlay: over the image; pair: the map beside the image. "
+                                    f"None chosen: the page's view ({view}; auto = {auto})")
     kind = own or (auto if view == "auto" else view)
     rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
     bar = render.colorbar(cmap, signed=res.signed)
