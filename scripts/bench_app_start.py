@@ -10,7 +10,10 @@ a fresh tab (its own browser context: no cache, no cookies) made before the serv
 for the Compare page's first map (`--delay 9`: the browser opens 9 s after the server answered, as when the
 server is started before a demo, and the time counts from opening the page): the image in Grad-CAM's tile, or on
 pages without tiles its "native 7x7" caption.  Prints the time until the health endpoint answers, the time until the
-first heatmap is on screen, and the load average (issue 15 asks for <= 5 s on a quiet machine).
+first heatmap is on screen, and the load average (issue 15 asks for <= 5 s on a quiet machine).  Each run also
+prints a CPU probe (:func:`cpu_probe`: seconds of a fixed pure-Python loop in a fresh interpreter, taken just before
+the run): this machine's speed drifts by 20-40 % within an hour (a shared hypervisor), and the cold start is
+nearly all single-threaded Python under one GIL, so the probe says which runs are comparable.
 A benchmark, not a test.  scripts/bench_app_grid.py reuses :func:`serve` for a warm server.
 """
 
@@ -66,6 +69,18 @@ def one_cold_start(browser, plain: bool, image: str | None, delay: float = 0.0) 
     return healthy, shown
 
 
+PROBE = ("import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000):\n    s += i\n"
+         "print(time.perf_counter() - t)")
+
+
+def cpu_probe() -> float:
+    """Seconds of 10 million pure-Python additions in a fresh interpreter (about 1.0-1.3 s on this 2-core CPU
+    in session 10): one number for how fast the machine runs the GIL-bound work of a cold start right now."""
+    import subprocess
+
+    return float(subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout)
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -87,10 +102,13 @@ def main() -> None:
           f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        runs = [one_cold_start(browser, args.plain, args.image, args.delay) for _ in range(args.repeat)]
+        runs, probes = [], []
+        for _ in range(args.repeat):
+            probes.append(cpu_probe())
+            runs.append(one_cold_start(browser, args.plain, args.image, args.delay))
         browser.close()
-    for i, (healthy, first) in enumerate(runs, 1):
-        print(f"run {i}: server healthy {healthy:.1f} s, first heatmap {first:.1f} s")
+    for i, ((healthy, first), probe) in enumerate(zip(runs, probes), 1):
+        print(f"run {i}: server healthy {healthy:.1f} s, first heatmap {first:.1f} s (cpu probe {probe:.2f} s)")
     print(f"median: server healthy {statistics.median(r[0] for r in runs):.1f} s, "
           f"first heatmap {statistics.median(r[1] for r in runs):.1f} s")
     print(f"load average after: {load()}")
