@@ -164,6 +164,19 @@ def side_by_side(image: Image.Image | np.ndarray, heat: np.ndarray, gap: int = 4
     return np.concatenate([base, np.full((h, gap, 3), 255, np.uint8), heat], axis=1)
 
 
+def has_negative_relevance(arr, share: float = 0.01) -> bool:
+    """Whether a map reaches below zero by more than ``share`` of its largest magnitude, so that it wants a
+    diverging colormap centred on zero; rounding-level negatives do not count.  The SRD Explorer's maps at the
+    encoder and a middle layer start from a non-negative Eq. 4 map and stay non-negative on Lite0 (0.005-0.4 on
+    Chelsea): drawn on a diverging colormap they read as a pale wash.  Its input-level map is signed (23 % of
+    the pixels below zero)."""
+    a = np.asarray(arr.detach().cpu() if hasattr(arr, "detach") else arr, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).any():
+        return False
+    peak = float(np.nanmax(np.abs(a)))
+    return peak > 0 and float(np.nanmin(a)) < -share * peak
+
+
 def default_view(family: str, signed: bool, native_resolution: tuple[int, int] | None,
                  shape: tuple[int, ...]) -> str:
     """"heatmap" for pixel-level maps (LRP family, SRD at input resolution, gradients, Guided Grad-CAM),

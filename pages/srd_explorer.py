@@ -103,10 +103,11 @@ def _clip(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -m, m) if m > 0 else arr
 
 
-def _overlay(arr: np.ndarray, opacity: float) -> np.ndarray:
+def _overlay(arr: np.ndarray, opacity: float, kind: str = "overlay") -> np.ndarray:
+    """The map upsampled to the shown image: over it (``kind`` "overlay") or alone ("heatmap")."""
     size = (ctx.display.height, ctx.display.width)
     up = render.upsample(torch.from_numpy(_clip(arr)), size)
-    return render.overlay(ctx.display, up, opacity=opacity, signed=True)
+    return render.view(kind, ctx.display, up, signed=render.has_negative_relevance(arr), opacity=opacity)
 
 
 # --------------------------------------------------------------------------- 1. maps at three resolutions
@@ -133,7 +134,12 @@ st.markdown(f"Explaining **{ctx.target}: {bundle.class_names[ctx.target]}**")
 cols = st.columns(3)
 for col, key in zip(cols, ("low", "high", "input")):
     name, arr = maps[key]
-    col.image(_overlay(arr, opacity), caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]})", width="stretch")
+    # as on Compare: a map at the image's resolution alone (pixel-level relevance reads as speckle over a photo),
+    # coarser ones over the image
+    kind = render.default_view("srd", render.has_negative_relevance(arr), tuple(arr.shape),
+                               (ctx.display.height, ctx.display.width))
+    col.image(_overlay(arr, opacity, kind), caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]}, {kind})",
+              width="stretch")
 
 # --------------------------------------------------------------------------- 2. pick a PFV
 

@@ -183,3 +183,13 @@ def test_enlarge_keeps_pixels_sharp():
 def test_unknown_colormap_is_one_clear_line():
     with pytest.raises(ValueError, match="Unknown colormap 'nope'"):
         render.colorize(np.ones((2, 2)), cmap="nope")
+
+
+def test_negative_relevance_counts_beyond_rounding():
+    ramp = np.linspace(0.005, 0.4, 49).reshape(7, 7)  # an SRD-low-like map: non-negative
+    assert not render.has_negative_relevance(ramp)
+    assert not render.has_negative_relevance(ramp - 1e-4)  # rounding-level negatives (0.025 % of the peak)
+    assert render.has_negative_relevance(ramp - 0.05)  # 11 % of the peak below zero
+    assert render.has_negative_relevance(torch.tensor([[-1.0, 0.5]]))
+    assert not render.has_negative_relevance(np.zeros((3, 3))) and not render.has_negative_relevance(np.empty((0,)))
+    assert not render.has_negative_relevance(np.full((2, 2), np.nan))

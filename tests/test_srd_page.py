@@ -28,9 +28,10 @@ def test_explorer_renders_maps_erf_neighbours_and_subconcepts(explorer, tmp_path
     at = explorer
     assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
     caps = _captions(at)
-    assert any(c.startswith("SRD-low: bn2.act (7x7)") for c in caps)
-    assert any(c.startswith("SRD-high:") and "(28x28)" in c for c in caps)
-    assert any(c.startswith("SRD-input: input (224x224)") for c in caps)
+    # coarse maps over the image, the input-resolution one alone (as Compare's default views)
+    assert "SRD-low: bn2.act (7x7, overlay)" in caps
+    assert any(c.startswith("SRD-high:") and c.endswith("(28x28, overlay)") for c in caps)
+    assert "SRD-input: input (224x224, heatmap)" in caps
     assert at.selectbox(key="srd_layer").value == "bn2.act"
     assert len(at.get("plotly_chart")) == 1  # the clickable PFV grid
     assert any(c.startswith("ERF of bn2.act") for c in caps)
