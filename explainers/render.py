@@ -212,7 +212,11 @@ def colorbar(cmap: str, width: int = 256, height: int = 10, signed: bool = False
 
 
 def colorbar_labels(m: float, signed: bool, what: str, clip: float = 100.0) -> str:
-    """Tick labels of :func:`colorbar` in one line: min, (0,) max and the unit, plus where the limit comes from."""
+    """Tick labels of :func:`colorbar` in one line: min, (0,) max and the unit, plus where the limit comes from.
+    A map that is zero everywhere says so (a tile labelled "0 · 0" read as a broken scale; Grad-CAM of an
+    untrained network often gives one: no channel has a positive weight for the class)."""
+    if not m > 0:
+        return f"zero everywhere: no {what} for this class on this image, so the colour scale is empty"
     ends = f"{-m:.3g} · 0 · {m:.3g}" if signed else f"0 · {m:.3g}"
     source = "maximum" if clip >= 100 else f"{clip:g}th percentile"
     of = f"|{what}|" if signed else what

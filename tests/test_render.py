@@ -170,6 +170,7 @@ def test_colorbar_strip_and_labels():
     text = render.colorbar_labels(0.01234, signed=True, what="relevance", clip=99.5)
     assert text.startswith("-0.0123 · 0 · 0.0123 relevance") and "99.5th percentile of |relevance|" in text
     assert render.colorbar_labels(2.0, signed=False, what="CAM activation").startswith("0 · 2 CAM activation")
+    assert render.colorbar_labels(0.0, signed=False, what="CAM activation").startswith("zero everywhere: no CAM")
     assert render.limit(np.array([[-4.0, 1.0]]), signed=True) == 4.0
     assert render.unit("lrp") == "relevance" and render.unit("gradient") == "attribution"
 
