@@ -76,7 +76,9 @@ if any(n.branch for n in trace.nodes):
                "start value.")
 st.dataframe(
     [{"checkpoint": name, "total": total, "relative error": err} for name, total, err in trace.checkpoint_errors()],
-    hide_index=True,
+    hide_index=True,  # errors of 1e-7 in scientific notation ("-0.00000007" was hard to read), totals to 6 places
+    column_config={"total": st.column_config.NumberColumn(format="%.6g"),
+                   "relative error": st.column_config.NumberColumn(format="%.1e")},
 )
 
 # --------------------------------------------------------------------------- 2. skip vs main per block
