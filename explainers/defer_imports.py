@@ -26,12 +26,14 @@ run their own backward passes, eagerly), yet two module-level lines made every p
 * after ``typing.py`` has run, its ``disable_compiler`` becomes :func:`lazy_disable`, which applies the real
   ``torch.compiler.disable`` to a function on that function's first call.  Eagerly the two are the same call
   (TorchDynamo's disable only matters while a frame is being compiled);
-* while ``_hub.py`` runs, ``huggingface_hub`` and ``huggingface_hub.utils`` resolve to stand-ins (its other imports
-  done first) whose ``HfApi``, ``hf_hub_download`` and ``model_info`` import the real API on their first call and
-  then put the real five names into ``timm.models._hub`` (its ``partial(hf_hub_download, ...)`` included), before
-  that call goes on: every ``except EntryNotFoundError`` in that file follows one of these calls, so it meets the
-  real class.  Should a later timm ask the stand-ins for a name they lack (its ``_has_hf_hub`` comes out False),
-  the file is run again with the real package.
+* while ``_hub.py`` runs (its other imports done first), the five names it takes from ``huggingface_hub`` and
+  ``huggingface_hub.utils`` resolve, for the importing thread only, to stand-ins: both packages are lazy (a name
+  is imported when first asked for, through the package's ``__getattr__``), and that ``__getattr__`` is wrapped
+  for the duration, so another thread asking meanwhile gets the real name.  The stand-ins ``HfApi``,
+  ``hf_hub_download`` and ``model_info`` import the real API on their first call and then put the real five names
+  into ``timm.models._hub`` (its ``partial(hf_hub_download, ...)`` included) before that call goes on: every
+  ``except EntryNotFoundError`` in that file follows one of these calls, so it meets the real class.  Should a
+  later timm import a name without a stand-in (its ``_has_hf_hub`` comes out False), the file is run again.
 
 Nothing changes when TorchDynamo, torchvision, timm or huggingface_hub's API is already imported, or when a release
 no longer has these lines; ``RELEVANCE_EXPLORER_EAGER_IMPORTS=1`` turns all of it off.  ``tests/test_defer_imports.py``
@@ -48,6 +50,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 import types
 from collections.abc import Callable
 
@@ -119,8 +122,8 @@ def _run_timm_typing(loader: importlib.abc.Loader, module: types.ModuleType) -> 
         module.disable_compiler = lazy_disable
 
 
-def _hub_stand_ins(module: types.ModuleType) -> tuple[types.ModuleType, types.ModuleType]:
-    """Stand-ins for ``huggingface_hub`` and ``huggingface_hub.utils`` while timm's ``module`` (_hub.py) runs."""
+def _hub_stand_ins(module: types.ModuleType) -> dict[str, object]:
+    """Stand-ins for the five names timm's ``module`` (_hub.py) imports from huggingface_hub."""
     names: dict[str, object] = {}
 
     def real() -> types.ModuleType:
@@ -152,11 +155,25 @@ def _hub_stand_ins(module: types.ModuleType) -> tuple[types.ModuleType, types.Mo
 
     names.update(HfApi=HfApi, hf_hub_download=hf_hub_download, model_info=model_info,
                  EntryNotFoundError=EntryNotFoundError, RepositoryNotFoundError=RepositoryNotFoundError)
-    hub = types.ModuleType(HUB, "stand-in while timm.models._hub is imported (explainers)")
-    utils = types.ModuleType(HUB_UTILS, "stand-in while timm.models._hub is imported (explainers)")
-    for name, value in names.items():
-        setattr(utils if name.endswith("Error") else hub, name, value)
-    return hub, utils
+    return names
+
+
+def _lazy_getattr(package: types.ModuleType, stand_ins: dict[str, object]) -> Callable | None:
+    """A module ``__getattr__`` for ``package`` (huggingface_hub or its ``utils``, both lazy: a name is imported
+    when first asked for) that answers ``stand_ins`` to this thread only; every other thread meets the package's
+    own.  None when the package is not lazy in that way, or has one of those names already."""
+    own = package.__dict__.get("__getattr__")
+    if not callable(own) or any(name in package.__dict__ for name in stand_ins):
+        return None
+    thread = threading.get_ident()
+
+    def lookup(name: str):  # noqa: ANN202
+        if name in stand_ins and threading.get_ident() == thread:
+            return stand_ins[name]
+        return own(name)
+
+    lookup.own = own  # type: ignore[attr-defined]
+    return lookup
 
 
 def _run_timm_hub(loader: importlib.abc.Loader, module: types.ModuleType) -> None:
@@ -173,17 +190,26 @@ def _run_timm_hub(loader: importlib.abc.Loader, module: types.ModuleType) -> Non
             importlib.import_module(name)
         except ImportError:
             pass
-    saved = {name: sys.modules.get(name) for name in (HUB, HUB_UTILS)}
-    sys.modules[HUB], sys.modules[HUB_UTILS] = _hub_stand_ins(module)
+    try:  # both lazy: importing them costs ~16 ms; their API names import the HTTP stack
+        packages = [importlib.import_module(HUB), importlib.import_module(HUB_UTILS)]
+    except ImportError:
+        loader.exec_module(module)
+        return
+    stand_ins = _hub_stand_ins(module)
+    lookups = [_lazy_getattr(pkg, {n: v for n, v in stand_ins.items() if n.endswith("Error") == (i == 1)})
+               for i, pkg in enumerate(packages)]
+    if None in lookups:
+        loader.exec_module(module)
+        return
+    for pkg, lookup in zip(packages, lookups):
+        pkg.__getattr__ = lookup
     try:
         loader.exec_module(module)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = value
-    if getattr(module, "_has_hf_hub", None) is not True:  # the stand-ins lacked a name this timm imports
+        for pkg, lookup in zip(packages, lookups):
+            if pkg.__dict__.get("__getattr__") is lookup:
+                pkg.__getattr__ = lookup.own
+    if getattr(module, "_has_hf_hub", None) is not True:  # a name this timm imports had no stand-in
         loader.exec_module(module)
 
 

@@ -172,23 +172,29 @@ except ImportError:
 """
 
 
+def _pretend_api_unimported(monkeypatch, d) -> None:
+    """Run the stand-in path even when this test process has imported huggingface_hub's API already (the
+    marker module it checks for is then one that never exists); sys.modules itself is not touched."""
+    monkeypatch.setattr(d, "HUB_API", "huggingface_hub._never_imported_marker")
+
+
 def test_the_hub_stand_ins_give_way_to_the_real_names_on_first_use(monkeypatch):
     import types
-
-    from explainers import defer_imports as d
-
-    monkeypatch.delitem(sys.modules, d.HUB_API, raising=False)  # as if huggingface_hub's API were not imported
-    before = {n: sys.modules.get(n) for n in (d.HUB, d.HUB_UTILS)}
-    module, loader = types.ModuleType(d.TIMM_HUB), _Loader(HUB_SOURCE.format(extra=""))
-    d._run_timm_hub(loader, module)
-    assert loader.runs == 1 and module._has_hf_hub is True
-    assert {n: sys.modules.get(n) for n in (d.HUB, d.HUB_UTILS)} == before  # the stand-ins are gone
-    assert module.HfApi.__module__ == d.__name__ and module.EntryNotFoundError.__module__ == d.__name__
-    api = module.HfApi(endpoint="http://127.0.0.1:9")  # no request is made by the constructor
 
     import huggingface_hub
     import huggingface_hub.utils
 
+    from explainers import defer_imports as d
+
+    _pretend_api_unimported(monkeypatch, d)
+    own = (huggingface_hub.__dict__["__getattr__"], huggingface_hub.utils.__dict__["__getattr__"])
+    module, loader = types.ModuleType(d.TIMM_HUB), _Loader(HUB_SOURCE.format(extra=""))
+    d._run_timm_hub(loader, module)
+    assert loader.runs == 1 and module._has_hf_hub is True
+    # the packages' own lazy lookups are back
+    assert (huggingface_hub.__dict__["__getattr__"], huggingface_hub.utils.__dict__["__getattr__"]) == own
+    assert module.HfApi.__module__ == d.__name__ and module.EntryNotFoundError.__module__ == d.__name__
+    api = module.HfApi(endpoint="http://127.0.0.1:9")  # no request is made by the constructor
     assert isinstance(api, huggingface_hub.HfApi) and module.HfApi is huggingface_hub.HfApi
     assert module.model_info is huggingface_hub.model_info
     assert module.EntryNotFoundError is huggingface_hub.utils.EntryNotFoundError
@@ -197,29 +203,59 @@ def test_the_hub_stand_ins_give_way_to_the_real_names_on_first_use(monkeypatch):
     assert module.hf_hub_download.keywords == {"library_name": "timm"}
 
 
-def test_a_timm_that_asks_the_stand_ins_for_more_is_run_again_with_the_real_package(monkeypatch):
+def test_other_threads_get_the_real_names_while_timm_hub_runs(monkeypatch):
+    """The stand-ins answer the importing thread only: a page thread that asks huggingface_hub for the same names
+    while the warm-up thread is inside timm's _hub.py gets the real ones."""
     import types
+
+    import huggingface_hub
+    import huggingface_hub.utils
 
     from explainers import defer_imports as d
 
-    monkeypatch.delitem(sys.modules, d.HUB_API, raising=False)
+    _pretend_api_unimported(monkeypatch, d)
+    source = HUB_SOURCE.format(extra="") + """
+import threading
+seen = {}
+def other():
+    from huggingface_hub import HfApi as api
+    from huggingface_hub.utils import EntryNotFoundError as error
+    seen.update(api=api, error=error)
+t = threading.Thread(target=other)
+t.start()
+t.join()
+"""
+    module = types.ModuleType(d.TIMM_HUB)
+    d._run_timm_hub(_Loader(source), module)
+    assert module.seen["api"] is huggingface_hub.HfApi
+    assert module.seen["error"] is huggingface_hub.utils.EntryNotFoundError
+    assert module.EntryNotFoundError is not huggingface_hub.utils.EntryNotFoundError  # this thread's stand-in
+
+
+def test_a_timm_that_imports_more_names_gets_them_from_the_real_package(monkeypatch):
+    import types
+
+    import huggingface_hub
+
+    from explainers import defer_imports as d
+
+    _pretend_api_unimported(monkeypatch, d)
     module = types.ModuleType(d.TIMM_HUB)
     loader = _Loader(HUB_SOURCE.format(extra="    from huggingface_hub import snapshot_download\n"))
     d._run_timm_hub(loader, module)
-    import huggingface_hub
-
-    assert loader.runs == 2 and module._has_hf_hub is True and module.snapshot_download is \
-        huggingface_hub.snapshot_download and module.HfApi is huggingface_hub.HfApi
+    assert loader.runs == 1 and module._has_hf_hub is True
+    assert module.snapshot_download is huggingface_hub.snapshot_download
+    assert module.HfApi.__module__ == d.__name__
 
 
 def test_a_timm_without_those_lines_runs_unchanged(monkeypatch):
     import types
 
-    from explainers import defer_imports as d
-
-    monkeypatch.delitem(sys.modules, d.HUB_API, raising=False)
-    module, loader = types.ModuleType(d.TIMM_HUB), _Loader("from huggingface_hub import HfApi\n_has_hf_hub = True\n")
-    d._run_timm_hub(loader, module)
     import huggingface_hub
 
+    from explainers import defer_imports as d
+
+    _pretend_api_unimported(monkeypatch, d)
+    module, loader = types.ModuleType(d.TIMM_HUB), _Loader("from huggingface_hub import HfApi\n_has_hf_hub = True\n")
+    d._run_timm_hub(loader, module)
     assert loader.runs == 1 and module.HfApi is huggingface_hub.HfApi
