@@ -140,6 +140,10 @@ for col, key in zip(cols, ("low", "high", "input")):
                                (ctx.display.height, ctx.display.width))
     col.image(_overlay(arr, opacity, kind), caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]}, {kind})",
               width="stretch")
+    signed = render.has_negative_relevance(arr)  # the colour bar of the scale drawn (as on Compare's tiles)
+    col.image(render.colorbar(render.DIVERGING[0] if signed else render.SEQUENTIAL[0], signed=signed),
+              width="stretch", output_format="PNG")
+    col.caption(render.colorbar_labels(render.limit(arr, signed, 99.5), signed, "relevance", 99.5))  # as _clip
 
 # --------------------------------------------------------------------------- 2. pick a PFV
 
