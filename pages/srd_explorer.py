@@ -103,11 +103,13 @@ def _clip(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -m, m) if m > 0 else arr
 
 
-def _overlay(arr: np.ndarray, opacity: float, kind: str = "overlay") -> np.ndarray:
-    """The map upsampled to the shown image: over it (``kind`` "overlay") or alone ("heatmap")."""
+def _overlay(arr: np.ndarray, opacity: float, kind: str = "overlay", signed: bool | None = None) -> np.ndarray:
+    """The map upsampled to the shown image: over it (``kind`` "overlay") or alone ("heatmap"); ``signed``
+    (None: from the map) picks the diverging or the sequential colormap."""
     size = (ctx.display.height, ctx.display.width)
     up = render.upsample(torch.from_numpy(_clip(arr)), size)
-    return render.view(kind, ctx.display, up, signed=render.has_negative_relevance(arr), opacity=opacity)
+    signed = render.has_negative_relevance(arr) if signed is None else signed
+    return render.view(kind, ctx.display, up, signed=signed, opacity=opacity)
 
 
 # --------------------------------------------------------------------------- 1. maps at three resolutions
@@ -136,11 +138,10 @@ for col, key in zip(cols, ("low", "high", "input")):
     name, arr = maps[key]
     # as on Compare: a map at the image's resolution alone (pixel-level relevance reads as speckle over a photo),
     # coarser ones over the image
-    kind = render.default_view("srd", render.has_negative_relevance(arr), tuple(arr.shape),
-                               (ctx.display.height, ctx.display.width))
-    col.image(_overlay(arr, opacity, kind), caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]}, {kind})",
-              width="stretch")
-    signed = render.has_negative_relevance(arr)  # the colour bar of the scale drawn (as on Compare's tiles)
+    signed = render.has_negative_relevance(arr)  # the colormap, and the colour bar of that scale (as on Compare)
+    kind = render.default_view("srd", signed, tuple(arr.shape), (ctx.display.height, ctx.display.width))
+    col.image(_overlay(arr, opacity, kind, signed), width="stretch",
+              caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]}, {kind})")
     col.image(render.colorbar(render.DIVERGING[0] if signed else render.SEQUENTIAL[0], signed=signed),
               width="stretch", output_format="PNG")
     col.caption(render.colorbar_labels(render.limit(arr, signed, 99.5), signed, "relevance", 99.5))  # as _clip

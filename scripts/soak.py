@@ -27,6 +27,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from unittest import mock
+from unittest.mock import MagicMock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +63,7 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     os.environ["RELEVANCE_EXPLORER_MAP_CACHE_MB"] = str(cache_mb)
     import streamlit.testing.v1.app_test as app_test_module
     import torch
+    from streamlit.runtime import Runtime
     from streamlit.runtime.scriptrunner.script_cache import ScriptCache
     from streamlit.testing.v1 import AppTest
     from streamlit.testing.v1.util import patch_config_options
@@ -108,6 +110,18 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
             return get_bytecode(cache, script_path)
 
     patches.enter_context(mock.patch.object(ScriptCache, "get_bytecode", get_bytecode_serialised))
+    # A third: each AppTest.run makes its own mock Runtime streamlit's singleton and sets the singleton back to None
+    # when it ends, so a session that finished first took the Runtime from under one still running, whose next
+    # st.image raised "Runtime hasn't been created!" (CI, session 10: a session with 0 maps in round 3).  A server
+    # has one Runtime: one stand-in for the whole soak, and AppTest's own assignments go to a class nobody reads.
+    shared = MagicMock(spec=Runtime)
+    shared.media_file_mgr = app_test_module.MediaFileManager(app_test_module.MemoryMediaFileStorage("/mock/media"))
+    shared.dataframe_source_mgr = app_test_module.DataframeSourceManager()
+    shared.cache_storage_manager = app_test_module.MemoryCacheStorageManager()
+    shared.bidi_component_registry = app_test_module.BidiComponentManager()
+    shared.bidi_component_registry.discover_and_register_components(start_file_watching=False)
+    patches.enter_context(mock.patch.object(Runtime, "_instance", shared))
+    patches.enter_context(mock.patch.object(app_test_module, "Runtime", type("RuntimeSlot", (), {"_instance": None})))
     try:
         from pages.common import get_bundle
 
@@ -136,7 +150,8 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
                 wanted = METHOD_SETS[k % len(METHOD_SETS)]
                 if len(shown) != len(wanted) or at.error:
                     errors.append(f"session {k} round {r}: {len(shown)} maps of {wanted}; "
-                                  f"errors: {[e.value for e in at.error]}")
+                                  f"errors: {[e.value for e in at.error]}; warnings: "
+                                  f"{[w.value for w in at.warning]}; captions: {[c.value for c in at.caption]}")
             except Exception as exc:  # noqa: BLE001 - reported
                 errors.append(f"session {k} round {r}: {type(exc).__name__}: {exc}")
 
