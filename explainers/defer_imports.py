@@ -35,6 +35,20 @@ run their own backward passes, eagerly), yet two module-level lines made every p
   ``except EntryNotFoundError`` in that file follows one of these calls, so it meets the real class.  Should a
   later timm import a name without a stand-in (its ``_has_hf_hub`` comes out False), the file is run again.
 
+**torch's Python meta kernels** (0.37 s of ~1.37 s for ``import torch``, session 11; opt-in, the app's warm-up
+only).  The last lines of ``torch/__init__.py`` import ``torch._meta_registrations``, which imports ``torch._decomp``,
+``torch._refs`` and ``torch._prims`` (14 modules) to register shape functions for tensors on the ``meta`` device.
+Eager computation on a CPU or a GPU never dispatches to them; tracing with fake tensors and ``torch.compile`` import
+``torch._decomp`` themselves, which imports them.  :func:`defer_meta_registrations` (called by ``pages/warmup.py``
+before it imports torch) lets torch's import skip that one import: while ``torch/__init__.py`` runs,
+``torch._meta_registrations`` is an empty stand-in, removed from ``sys.modules`` and from torch's namespace as soon as
+torch's import is done, so that the next import of it (``torch._decomp``'s, or :func:`import_meta_registrations`,
+which the warm-up calls a few seconds after the first map is ready) is the real one; a first import of one of the
+modules they import (:data:`META_ENTRIES`) imports them first.  Until then an operator on a ``meta`` or fake
+tensor whose shape function is written in Python (``torch.histc``, for one) raises NotImplementedError: fake
+tensors and ``make_fx`` are imported by torch itself, so only TorchDynamo's import (``torch.compile``) brings the
+kernels in by itself; no method of this project uses either.
+
 Nothing changes when TorchDynamo, torchvision, timm or huggingface_hub's API is already imported, or when a release
 no longer has these lines; ``RELEVANCE_EXPLORER_EAGER_IMPORTS=1`` turns all of it off.  ``tests/test_defer_imports.py``
 checks that timm, torchvision and a model's forward and backward leave ``torch._dynamo`` and huggingface_hub's API
@@ -59,6 +73,12 @@ TIMM_TYPING = "timm.layers.typing"
 DYNAMO = "torch._dynamo"
 DYNAMO_UTILS = "torch._dynamo.utils"
 TIMM_HUB = "timm.models._hub"
+TORCH, TORCH_META = "torch", "torch._meta_registrations"
+# what torch._meta_registrations imports that torch's import does not (torch 2.14), at the top of each import chain:
+# while the kernels are deferred, a first import of one of these imports them first, in torch's own order (a direct
+# ``import torch.utils._content_store``, which TorchDynamo runs, otherwise meets a circular import with torch._prims)
+META_ENTRIES = frozenset({"torch._decomp", "torch._prims", "torch._refs", "torch.utils._content_store",
+                          "torch.testing._internal.common_dtype"})
 HUB, HUB_UTILS = "huggingface_hub", "huggingface_hub.utils"
 HUB_API = "huggingface_hub.hf_api"  # in sys.modules once the package's API has been imported
 _HUB_LINES = ("from huggingface_hub import HfApi, hf_hub_download, model_info",
@@ -213,7 +233,35 @@ def _run_timm_hub(loader: importlib.abc.Loader, module: types.ModuleType) -> Non
         loader.exec_module(module)
 
 
+_META_STAND_IN = "stand-in while torch is imported (explainers.defer_imports.defer_meta_registrations)"
+_torch_running = threading.local()  # True in the thread running torch/__init__.py under _run_torch
+
+
+def _run_torch(loader: importlib.abc.Loader, module: types.ModuleType) -> None:
+    _torch_running.on = True
+    try:
+        loader.exec_module(module)
+    finally:
+        _torch_running.on = False
+        stand_in = sys.modules.get(TORCH_META)
+        if stand_in is not None and stand_in.__doc__ == _META_STAND_IN:  # forget it: the next import is the real one
+            del sys.modules[TORCH_META]
+            if module.__dict__.get("_meta_registrations") is stand_in:
+                del module.__dict__["_meta_registrations"]
+            _FINDER.pending |= META_ENTRIES - sys.modules.keys()
+            if _FINDER not in sys.meta_path:
+                sys.meta_path.insert(0, _FINDER)
+
+
+def _run_torch_meta(loader: importlib.abc.Loader, module: types.ModuleType) -> None:
+    if getattr(_torch_running, "on", False):
+        module.__doc__ = _META_STAND_IN
+    else:  # imported by something other than torch's own import: the real thing
+        loader.exec_module(module)
+
+
 _RUNNERS = {ROI_ALIGN: _run_roi_align, TIMM_TYPING: _run_timm_typing, TIMM_HUB: _run_timm_hub}
+_OPT_IN_RUNNERS = {TORCH: _run_torch, TORCH_META: _run_torch_meta}
 
 
 class _Loader(importlib.abc.Loader):
@@ -227,7 +275,26 @@ class _Loader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        _RUNNERS[self.fullname](self.loader, module)
+        (_RUNNERS.get(self.fullname) or _OPT_IN_RUNNERS[self.fullname])(self.loader, module)
+
+
+class _AfterMeta(_Loader):
+    """For a module of :data:`META_ENTRIES` while torch's meta kernels are deferred: the kernels first (whose import
+    imports this module too, in torch's order), then this module as that import left it, executed once."""
+
+    def create_module(self, spec):  # noqa: ANN001, ANN201
+        import_meta_registrations()
+        self.module = sys.modules.get(self.fullname)
+        if self.module is not None:
+            self.spec = self.module.__spec__
+            return self.module
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if getattr(self, "module", None) is module:  # executed by the kernels' import: only its own spec back
+            module.__spec__ = self.spec
+            return
+        self.loader.exec_module(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -242,7 +309,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             uninstall()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(fullname, spec.loader)
+            spec.loader = (_AfterMeta if fullname in META_ENTRIES else _Loader)(fullname, spec.loader)
         return spec
 
 
@@ -261,6 +328,29 @@ def install() -> bool:
     if not _FINDER.pending:
         return False
     sys.meta_path.insert(0, _FINDER)
+    return True
+
+
+def defer_meta_registrations() -> bool:
+    """Let the coming ``import torch`` skip torch's Python meta kernels until :func:`import_meta_registrations`
+    (or anything that imports ``torch._decomp``) imports them; False (and no change) when torch is imported already."""
+    if TORCH in sys.modules or TORCH_META in sys.modules:
+        return False
+    _FINDER.pending |= set(_OPT_IN_RUNNERS)
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    return True
+
+
+def import_meta_registrations() -> bool:
+    """Import torch's Python meta kernels if torch's import skipped them (:func:`defer_meta_registrations`);
+    True when this call imported them."""
+    if TORCH not in sys.modules or TORCH_META in sys.modules:
+        return False
+    _FINDER.pending -= META_ENTRIES  # from here on every one of them is the real module, imported by this import
+    if not _FINDER.pending:
+        uninstall()
+    importlib.import_module(TORCH_META)
     return True
 
 

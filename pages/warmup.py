@@ -6,7 +6,9 @@ twice and a browser that arrives early simply waits on the same caches (Streamli
 compute a value once while other callers wait):
 
 1. the imports a page needs (torch, torchvision, timm, the method registry, Streamlit's caching): about 3 s of the
-   ~6 s a cold first page took on a 2-core CPU, with the garbage collector paused (:func:`pause_collector`);
+   ~6 s a cold first page took on a 2-core CPU, with the garbage collector paused (:func:`pause_collector`) and
+   torch's Python meta kernels, which no page uses, left until :data:`META_DELAY_S` after the warm-up
+   (``explainers.defer_imports.defer_meta_registrations``: 0.37 s);
 2. then, once Streamlit's runtime exists (its caches need it), in the order a first visit to Compare asks for
    them (so that a browser arriving early waits for each instead of computing it beside the warm-up: both
    compete for one interpreter): the model table and the default model on the default device
@@ -82,7 +84,9 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
 
     import explainers  # first: it defers imports of timm's and torchvision's (explainers/defer_imports.py)
 
-    assert explainers.defer_imports  # (a statement, so that no import sorter puts timm above explainers)
+    # and torch's Python meta kernels, which no page uses, until after the first map (:func:`_run`); also a statement,
+    # so that no import sorter puts timm above explainers
+    explainers.defer_imports.defer_meta_registrations()
     import timm  # noqa: F401 - with torch and torchvision: most of the import time, and no Streamlit needed
 
     from explainers.estimate import estimate_seconds
@@ -130,8 +134,26 @@ def _run() -> None:
     except Exception as exc:  # noqa: BLE001 - a courtesy: the pages compute everything themselves anyway
         resume_collector()  # (stopped before the end of its imports)
         _log(f"stopped after {time.perf_counter() - t0:.1f} s ({type(exc).__name__}: {exc})")
-        return
-    _log(f"ready in {time.perf_counter() - t0:.1f} s ({', '.join(f'{k} {v:.2f} s' for k, v in steps.items())})")
+    else:
+        _log(f"ready in {time.perf_counter() - t0:.1f} s ({', '.join(f'{k} {v:.2f} s' for k, v in steps.items())})")
+    time.sleep(META_DELAY_S)
+    _import_meta_registrations()
+
+
+META_DELAY_S = 5.0  # after the warm-up: a browser that came during it has its first page drawn by then
+
+
+def _import_meta_registrations() -> None:
+    """torch's Python meta kernels, which the warm-up's ``import torch`` skipped (0.37 s on a 2-core CPU): imported
+    once the first page is drawn, so that from then on torch is the same as in any other process."""
+    from explainers import defer_imports
+
+    t = time.perf_counter()
+    try:
+        if defer_imports.import_meta_registrations():
+            _log(f"torch's meta kernels imported in {time.perf_counter() - t:.2f} s")
+    except Exception as exc:  # noqa: BLE001 - whoever needs them imports them (torch._decomp does)
+        _log(f"torch's meta kernels not imported ({type(exc).__name__}: {exc})")
 
 
 THREAD_NAME = "relevance-explorer-warm-up"

@@ -1,5 +1,6 @@
 """explainers/defer_imports.py: building and explaining a model no longer imports TorchDynamo (issue 15: 1-2 s of the
-cold start) or huggingface_hub's API (0.17 s), and nothing that uses them is changed.  Each probe runs in a fresh
+cold start), huggingface_hub's API (0.17 s) or, in the app's warm-up, torch's Python meta kernels (0.37 s), and
+nothing that uses them is changed.  Each probe runs in a fresh
 interpreter, since this test process may have imported TorchDynamo already."""
 
 from __future__ import annotations
@@ -97,6 +98,77 @@ def test_the_opt_out_imports_dynamo_as_timm_and_torchvision_do():
     assert out["download"] == out["create"] == "huggingface_hub.errors.LocalEntryNotFoundError"
     assert out["real_names"] and out["download_partial"] == [True, "timm"]
     assert out["roi_align"] == pytest.approx(5.0, abs=1e-6) and out["compiles"]
+
+
+META_PROBE = """
+import hashlib, json, sys
+import explainers
+from explainers import defer_imports
+out = {"deferred": defer_imports.defer_meta_registrations() if "defer" in sys.argv else False}
+import timm, torch
+from explainers.models import load_model
+
+out["decomp_after_import"] = "torch._decomp" in sys.modules
+out["meta_after_import"] = "torch._meta_registrations" in sys.modules or hasattr(torch, "_meta_registrations")
+torch.manual_seed(0)
+bundle = load_model("efficientnet_lite0", device="cpu")
+x = torch.rand(1, 3, 224, 224)
+maps = {m: explainers.explain(bundle, x, method=m).attribution for m in ("gradcam", "lrp", "srd")}
+with torch.no_grad():
+    maps["logits"] = bundle.model(x)
+out["digest"] = {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in maps.items()}
+out["decomp_after_explain"] = "torch._decomp" in sys.modules
+
+
+def histc():
+    try:
+        return list(torch.empty(5, device="meta").histc(bins=7).shape)
+    except NotImplementedError:
+        return "NotImplementedError"
+
+
+out["histc_before"] = histc()
+if "compile" in sys.argv:  # TorchDynamo and fake tensors import the real kernels themselves
+    compiled = torch.compile(lambda t: torch.sin(t) * 2, backend="eager")
+    out["compiles"] = torch.allclose(compiled(torch.ones(3)), torch.sin(torch.ones(3)) * 2)
+out["imported_now"] = defer_imports.import_meta_registrations()
+out["histc_after"] = histc()
+out["real_meta"] = hasattr(sys.modules["torch._meta_registrations"], "activate_meta")
+out["finder_left"] = defer_imports._FINDER in sys.meta_path
+print(json.dumps(out))
+"""
+
+
+def meta_probe(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", META_PROBE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_torch_without_its_meta_kernels_computes_the_same_bits_and_gets_them_back():
+    plain, deferred, compiled = meta_probe(), meta_probe("defer"), meta_probe("defer", "compile")
+    assert plain["deferred"] is False and plain["decomp_after_import"] and plain["meta_after_import"]
+    assert deferred["deferred"] is True
+    assert not deferred["decomp_after_import"] and not deferred["meta_after_import"]  # the 0.37 s not spent
+    assert not deferred["decomp_after_explain"]  # no method needs them
+    assert deferred["digest"] == plain["digest"]  # the same logits and maps, bit for bit (eager CPU kernels)
+    # a Python-only shape function: missing while deferred, back after import_meta_registrations()
+    assert deferred["histc_before"] == "NotImplementedError" and plain["histc_before"] == [7]
+    assert deferred["imported_now"] is True and plain["imported_now"] is False
+    assert deferred["histc_after"] == [7] and deferred["real_meta"] and not deferred["finder_left"]
+    # torch.compile in the deferred state imports the real kernels by itself (through torch._decomp)
+    assert compiled["compiles"] is True and compiled["imported_now"] is False and compiled["histc_after"] == [7]
+
+
+def test_meta_registrations_are_not_deferred_once_torch_is_imported():
+    import torch  # noqa: F401 - imported by this test process in any case
+
+    from explainers import defer_imports as d
+
+    assert d.defer_meta_registrations() is False and d.import_meta_registrations() is False
+    assert d.TORCH not in d._FINDER.pending
 
 
 def test_lazy_disable_applies_the_real_decorator_once_on_first_call(monkeypatch):

@@ -60,11 +60,14 @@ def test_a_failed_warm_up_is_one_log_line(monkeypatch, capsys):
     def broken(*a, **k):
         raise OSError("disk on fire")
 
-    resumed = []
+    resumed, meta = [], []
     monkeypatch.setattr(warmup, "default_view", broken)
     monkeypatch.setattr(warmup, "resume_collector", lambda: resumed.append(True))
+    monkeypatch.setattr(warmup, "META_DELAY_S", 0.0)
+    monkeypatch.setattr(warmup, "_import_meta_registrations", lambda: meta.append(True))
     warmup.start().join(timeout=60)
     assert resumed == [True]  # a paused collector is never left off
+    assert meta == [True]  # nor torch's meta kernels (deferred before its import) left out
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("warm-up: stopped after") and "OSError: disk on fire" in err[0]
 
