@@ -35,9 +35,11 @@ run their own backward passes, eagerly), yet two module-level lines made every p
   ``except EntryNotFoundError`` in that file follows one of these calls, so it meets the real class.  Should a
   later timm import a name without a stand-in (its ``_has_hf_hub`` comes out False), the file is run again.
 
-**torch's Python meta kernels** (0.37 s of ~1.37 s for ``import torch``, session 11; opt-in, the app's warm-up
-only).  The last lines of ``torch/__init__.py`` import ``torch._meta_registrations``, which imports ``torch._decomp``,
-``torch._refs`` and ``torch._prims`` (14 modules) to register shape functions for tensors on the ``meta`` device.
+**torch's Python meta kernels** (0.22 s of ~1.25 s for ``import torch``, session 11; opt-in, the app's warm-up
+only).  The last lines of ``torch/__init__.py`` import ``torch._meta_registrations``, which imports ``torch._decomp``
+and ``torch._refs`` (11 modules) to register shape functions for tensors on the ``meta`` device, and ``torch._prims``,
+which stays: its ``rng_prims`` registers ``torch.Generator`` as an opaque class, without which ``torch.Generator()``
+raises, so the stand-in imports it at the same point of torch's import.
 Eager computation on a CPU or a GPU never dispatches to them; tracing with fake tensors and ``torch.compile`` import
 ``torch._decomp`` themselves, which imports them.  :func:`defer_meta_registrations` (called by ``pages/warmup.py``
 before it imports torch) lets torch's import skip that one import: while ``torch/__init__.py`` runs,
@@ -77,8 +79,8 @@ TORCH, TORCH_META = "torch", "torch._meta_registrations"
 # what torch._meta_registrations imports that torch's import does not (torch 2.14), at the top of each import chain:
 # while the kernels are deferred, a first import of one of these imports them first, in torch's own order (a direct
 # ``import torch.utils._content_store``, which TorchDynamo runs, otherwise meets a circular import with torch._prims)
-META_ENTRIES = frozenset({"torch._decomp", "torch._prims", "torch._refs", "torch.utils._content_store",
-                          "torch.testing._internal.common_dtype"})
+META_ENTRIES = frozenset({"torch._decomp", "torch._refs", "torch.testing._internal.common_dtype"})
+TORCH_PRIMS = "torch._prims"  # imported in any case (see _run_torch_meta)
 HUB, HUB_UTILS = "huggingface_hub", "huggingface_hub.utils"
 HUB_API = "huggingface_hub.hf_api"  # in sys.modules once the package's API has been imported
 _HUB_LINES = ("from huggingface_hub import HfApi, hf_hub_download, model_info",
@@ -256,6 +258,9 @@ def _run_torch(loader: importlib.abc.Loader, module: types.ModuleType) -> None:
 def _run_torch_meta(loader: importlib.abc.Loader, module: types.ModuleType) -> None:
     if getattr(_torch_running, "on", False):
         module.__doc__ = _META_STAND_IN
+        # what eager code needs of the kernels' imports, at the point of torch's import where they ran: prims'
+        # rng_prims registers torch.Generator as an opaque class, and torch.Generator() refuses to run before
+        importlib.import_module(TORCH_PRIMS)
     else:  # imported by something other than torch's own import: the real thing
         loader.exec_module(module)
 

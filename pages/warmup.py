@@ -8,7 +8,7 @@ compute a value once while other callers wait):
 1. the imports a page needs (torch, torchvision, timm, the method registry, Streamlit's caching): about 3 s of the
    ~6 s a cold first page took on a 2-core CPU, with the garbage collector paused (:func:`pause_collector`) and
    torch's Python meta kernels, which no page uses, left until :data:`META_DELAY_S` after the warm-up
-   (``explainers.defer_imports.defer_meta_registrations``: 0.37 s);
+   (``explainers.defer_imports.defer_meta_registrations``: 0.2-0.3 s);
 2. then, once Streamlit's runtime exists (its caches need it), in the order a first visit to Compare asks for
    them (so that a browser arriving early waits for each instead of computing it beside the warm-up: both
    compete for one interpreter): the model table and the default model on the default device
@@ -144,7 +144,7 @@ META_DELAY_S = 5.0  # after the warm-up: a browser that came during it has its f
 
 
 def _import_meta_registrations() -> None:
-    """torch's Python meta kernels, which the warm-up's ``import torch`` skipped (0.37 s on a 2-core CPU): imported
+    """torch's Python meta kernels, which the warm-up's ``import torch`` skipped (0.2-0.3 s on a 2-core CPU): imported
     once the first page is drawn, so that from then on torch is the same as in any other process."""
     from explainers import defer_imports
 
