@@ -115,7 +115,7 @@ def class_clusters(recs: Sequence[Record], label: str, n_clusters: int | None = 
 
 def compare_state(dataset: Any, name: str, page_size: int) -> dict[str, Any]:
     """The sidebar's widget values that pick image ``name`` of ``dataset`` (its true-class filter, page and
-    position in the page, as ``pages/sources.py`` lays them out)."""
+    position in the page, as ``views/sources.py`` lays them out)."""
     sample = next((s for s in dataset.samples if s.name == name), None)
     if sample is None:
         raise KeyError(name)

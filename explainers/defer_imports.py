@@ -41,7 +41,7 @@ and ``torch._refs`` (11 modules) to register shape functions for tensors on the 
 which stays: its ``rng_prims`` registers ``torch.Generator`` as an opaque class, without which ``torch.Generator()``
 raises, so the stand-in imports it at the same point of torch's import.
 Eager computation on a CPU or a GPU never dispatches to them; tracing with fake tensors and ``torch.compile`` import
-``torch._decomp`` themselves, which imports them.  :func:`defer_meta_registrations` (called by ``pages/warmup.py``
+``torch._decomp`` themselves, which imports them.  :func:`defer_meta_registrations` (called by ``views/warmup.py``
 before it imports torch) lets torch's import skip that one import: while ``torch/__init__.py`` runs,
 ``torch._meta_registrations`` is an empty stand-in, removed from ``sys.modules`` and from torch's namespace as soon as
 torch's import is done, so that the next import of it (``torch._decomp``'s, or :func:`import_meta_registrations`,

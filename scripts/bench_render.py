@@ -55,7 +55,7 @@ def library_ms() -> dict[str, float]:
 
 
 def page_ms(memo_topk: bool = False) -> tuple[float, float]:
-    """``memo_topk``: the sidebar's top-5 prediction (a model forward pass on every rerun, pages/common.py) is
+    """``memo_topk``: the sidebar's top-5 prediction (a model forward pass on every rerun, views/common.py) is
     memoised, to show the Compare page's own share of a display rerun."""
     from streamlit.testing.v1 import AppTest
 

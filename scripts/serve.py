@@ -2,7 +2,7 @@
 
 Usage: python scripts/serve.py [--address ADDR] [--port PORT] [--no-warm-up] [extra streamlit options ...]
 
-This is the README's way to start the app: Streamlit runs in this process, and ``pages/warmup.py`` first starts
+This is the README's way to start the app: Streamlit runs in this process, and ``views/warmup.py`` first starts
 loading and running the default view in a background thread (imports, model, its first map), while the server
 starts and the first browser loads the page (issue 15: the model loaded and warmed once per server).
 
@@ -67,7 +67,7 @@ def main() -> None:
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working folder
     if not args.no_warm_up:
         sys.path.insert(0, str(ROOT))
-        from pages import warmup
+        from views import warmup
 
         warmup.pause_collector()  # until the warm-up's imports are done (Streamlit's own included)
     from streamlit.web import cli  # (before the warm-up: a thread importing torch meanwhile made both slower)

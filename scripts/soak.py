@@ -123,7 +123,7 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
     patches.enter_context(mock.patch.object(Runtime, "_instance", shared))
     patches.enter_context(mock.patch.object(app_test_module, "Runtime", type("RuntimeSlot", (), {"_instance": None})))
     try:
-        from pages.common import get_bundle
+        from views.common import get_bundle
 
         bundle = get_bundle(explainers.DEFAULT_MODEL, "default", "cpu")  # the sessions' shared model
         top3 = {k: [i for i, _, _ in bundle.topk(bundle.preprocess(GALLERY[k].image()), 3)] for k in images}
@@ -172,7 +172,7 @@ def soak(sessions: int = 4, rounds: int = 3, cache_mb: int = 64, log=print) -> d
         patches.close()
 
     # Solo: every map again, one at a time, on the same shared model, with no other session running.
-    from pages.common import map_cache
+    from views.common import map_cache
 
     worst = 0.0
     for (key_x, method, target, opts), concurrent in maps.items():

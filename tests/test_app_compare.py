@@ -28,7 +28,7 @@ def test_compare_renders_a_heatmap_for_the_default_model():
     assert "Grad-CAM" in images and any(c.startswith("Input") for c in images)
     buttons = [b.key for b in at.get("download_button")]
     assert [k for k in buttons if k.startswith("dl_")] == ["dl_gradcam"]  # one PNG per map
-    # the report (pages/report_button.py): "Build report", or its downloads when another test already built it
+    # the report (views/report_button.py): "Build report", or its downloads when another test already built it
     assert any(b.key == "report_build" and b.label == "Build report" for b in at.button) or \
         "report_html" in buttons
     assert any("native 7x7" in c.value for c in at.caption)

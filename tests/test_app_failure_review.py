@@ -34,7 +34,7 @@ def open_review(source: str = "Uploads in this session") -> AppTest:
     at.session_state["uploads"] = uploads()
     at.session_state["fr_method"] = "gradcam"
     at.session_state["fr_source"] = source
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -81,7 +81,7 @@ def test_review_label_and_persist(db):
 def test_empty_upload_set_says_what_to_do(db):
     at = AppTest.from_file(APP, default_timeout=300).run()
     at.session_state["fr_source"] = "Uploads in this session"
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     assert not at.exception, at.exception
     assert any("No images in this set yet" in i.value for i in at.info)
 
@@ -91,6 +91,6 @@ def test_missing_folder_is_a_message_not_a_traceback(db, tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=300).run()
     at.session_state["fr_source"] = "Folder"
     at.session_state["fr_folder"] = str(tmp_path / "does-not-exist")
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     assert not at.exception, at.exception
     assert at.error, "a missing folder should produce an error message"

@@ -27,7 +27,7 @@ def start(page: str, **state) -> AppTest:
 
 def test_metrics_page_shows_curves_aucs_and_both_tie_protocols(db):
     # 5000 px per step (11 points) keeps the CPU test short; the page's default is the authors' 500
-    at = start("pages/metrics.py", metrics_pps=5000)
+    at = start("views/metrics.py", metrics_pps=5000)
     assert not at.exception, at.exception
     assert at.title[0].value == "Metrics"
     assert at.multiselect(key="metrics_methods").value == ["gradcam"]
@@ -55,7 +55,7 @@ def test_metrics_page_runs_the_gallery_benchmark(db, monkeypatch):
 
     real = quality.quality_images
     monkeypatch.setattr(quality, "quality_images", lambda source, limit=None: real(source, 1))  # one image in CI
-    at = start("pages/metrics.py", metrics_pps=5000)
+    at = start("views/metrics.py", metrics_pps=5000)
     at.button(key="metrics_bench").click().run()
     assert not at.exception, at.exception
     summary = at.dataframe[-1].value
@@ -67,7 +67,7 @@ def test_metrics_page_runs_the_gallery_benchmark(db, monkeypatch):
 
 
 def test_mosaics_page_builds_explains_and_scores(db):
-    at = start("pages/mosaics.py")
+    at = start("views/mosaics.py")
     assert not at.exception, at.exception
     assert at.title[0].value == "Mosaics"
     picks = [at.selectbox(key=f"mosaic_pick_{q}").value for q in range(4)]

@@ -57,7 +57,7 @@ def test_failure_review_against_true_labels(project):
     at.session_state["fr_method"] = "gradcam"
     at.session_state["fr_source"] = "Dataset"
     at.session_state["fr_dataset"] = "fruit"
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     assert not at.exception, at.exception
     assert "Folder" not in at.radio(key="fr_source").options  # no typed server paths without the flag
     at.button(key="fr_run").click().run()
@@ -84,14 +84,14 @@ def test_failure_review_against_true_labels(project):
 
 def test_typed_server_paths_need_the_flag(project, monkeypatch, tmp_path):
     at = open_app()
-    at.switch_page("pages/mosaics.py").run()
+    at.switch_page("views/mosaics.py").run()
     assert not at.exception, at.exception
     assert "Folder" not in at.radio(key="mosaic_source").options
     assert not [t for t in at.text_input if t.key == "mosaic_folder"]
     # started with the flag: the folder box is offered
     monkeypatch.setenv("RELEVANCE_EXPLORER_ALLOW_SERVER_PATHS", "1")
     at = open_app()
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     assert "Folder" in at.radio(key="fr_source").options
 
 
@@ -99,7 +99,7 @@ def test_mosaic_quadrants_from_distinct_true_classes(project):
     at = open_app()
     at.session_state["mosaic_source"] = "Dataset"
     at.session_state["mosaic_dataset"] = "fruit"
-    at.switch_page("pages/mosaics.py").run()
+    at.switch_page("views/mosaics.py").run()
     assert not at.exception, at.exception
     picks = [at.selectbox(key=f"mosaic_pick_{q}").value for q in range(4)]
     assert len(picks) == 4 and all(p.split("/")[0] in CLASSES for p in picks)
@@ -116,8 +116,8 @@ def test_the_sidebar_follows_the_user_across_pages(project):
     chosen = (at.sidebar.selectbox(key="model").value, at.sidebar.selectbox(key="ds_true").value,
               at.sidebar.selectbox(key="ds_pick").value, at.sidebar.radio(key="target_top5").value)
     assert chosen == ("fruitnet", "cherry", 2, second)
-    for page in ("pages/metrics.py", "pages/mosaics.py", "pages/compare.py", "pages/conservation.py",
-                 "pages/metrics.py"):
+    for page in ("views/metrics.py", "views/mosaics.py", "views/compare.py", "views/conservation.py",
+                 "views/metrics.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         now = (at.sidebar.selectbox(key="model").value, at.sidebar.selectbox(key="ds_true").value,

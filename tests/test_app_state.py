@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages.link import parse
+from views.link import parse
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -118,7 +118,7 @@ def test_a_link_to_a_page_with_a_target_outside_the_top5(project):
     """The page is the URL's path; a target that is not in the top-5 opens as a class search."""
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params.update(image="coffee", target="5")
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("views/dataset.py").run()
     assert not at.exception, at.exception
     assert [t.value for t in at.title] == ["Dataset"]
     assert at.sidebar.radio(key="target_mode").value == "Search"
@@ -126,7 +126,7 @@ def test_a_link_to_a_page_with_a_target_outside_the_top5(project):
     assert at.query_params["target"] == "5" and at.query_params["image"] == "coffee"
     at2 = AppTest.from_file(APP, default_timeout=300)
     at2.query_params.update(image="coffee", target="100000")  # more than the model's classes
-    at2.switch_page("pages/dataset.py").run()
+    at2.switch_page("views/dataset.py").run()
     assert not at2.exception, at2.exception
     assert any("not one of this model's 1000 classes" in w.value for w in at2.warning)
 
@@ -138,7 +138,7 @@ def test_a_link_to_a_registered_dataset_image(project):
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params.update(model="fruitnet", dataset="fruit", image=name)
     at.session_state["weights_choice"] = "untrained (architecture only)"
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("views/dataset.py").run()
     assert not at.exception, at.exception
     assert not [w.value for w in at.warning if "link" in w.value]
     assert at.sidebar.radio(key="image_source").value == "Dataset"
@@ -148,7 +148,7 @@ def test_a_link_to_a_registered_dataset_image(project):
     # a path outside the listing is refused, not read
     at2 = AppTest.from_file(APP, default_timeout=300)
     at2.query_params.update(dataset="fruit", image=str(project))
-    at2.switch_page("pages/dataset.py").run()
+    at2.switch_page("views/dataset.py").run()
     assert not at2.exception, at2.exception
     assert any("fruit has no image" in w.value for w in at2.warning)
     assert at2.sidebar.radio(key="image_source").value == "Gallery"
@@ -160,8 +160,8 @@ def test_sidebar_and_methods_survive_other_pages():
     at.multiselect(key="compare_methods").set_value(["gradcam", "saliency"]).run()
     target = at.session_state["ctx"].top5[1][0]  # the second of the top-5, not the default
     at.sidebar.radio(key="target_top5").set_value(target).run()
-    for page in ("pages/dataset.py", "pages/compare.py", "pages/dataset.py", "pages/dataset.py",
-                 "pages/compare.py"):
+    for page in ("views/dataset.py", "views/compare.py", "views/dataset.py", "views/dataset.py",
+                 "views/compare.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         assert at.sidebar.selectbox(key="gallery").value == "coffee", page

@@ -11,6 +11,7 @@ import os
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -28,6 +29,8 @@ pytestmark = [
 
 
 SERVER: dict = {}  # the running server's process and log, for the idle-CPU check
+FIRST_VISIT: dict = {}  # what the fresh server's first page showed (the page fixture)
+PAGE_TITLES = ["Compare", "Metrics", "Mosaics", "Conservation", "Failure review", "Dataset", "SRD Explorer"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,16 @@ def page(app_url):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1400})
         page.set_default_timeout(120_000)
+        # a fresh server's first visit is a link to a sub-page (as after a server restart): the app's own navigation
+        # must answer it, not Streamlit's legacy pages folder (which ran the page file alone and listed the
+        # folder's every module); test_a_link_to_a_sub_page_on_a_fresh_server_opens_the_app checks what it saw
+        page.goto(f"{app_url}/mosaics")
+        page.get_by_role("heading", name="Mosaics").first.wait_for()
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        nav.locator("a").first.wait_for()
+        # each link's text is its icon's ligature name, then its title
+        FIRST_VISIT.update(nav=[t.strip().splitlines()[-1].strip() for t in nav.locator("a").all_inner_texts()],
+                           url=page.url)
         page.goto(app_url)
         yield page
         browser.close()
@@ -141,6 +154,11 @@ def review_dataset(page, dataset: str, count: int) -> None:
     select(page, MAIN, "Dataset", dataset)
     page.get_by_role("button", name=f"Review {count} images", exact=False).click()
     wait_idle(page)
+
+
+def test_a_link_to_a_sub_page_on_a_fresh_server_opens_the_app(page):
+    assert FIRST_VISIT["nav"] == PAGE_TITLES, FIRST_VISIT
+    assert urlparse(FIRST_VISIT["url"]).path.rstrip("/").endswith("/mosaics")
 
 
 def test_a_user_session_through_the_app(page, shots, tmp_path):

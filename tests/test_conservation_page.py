@@ -12,7 +12,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 def test_conservation_page_renders_three_plots_for_default_model():
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pages/conservation.py").run()
+    at.switch_page("views/conservation.py").run()
     assert not at.exception, at.exception
     assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
     assert at.selectbox(key="conservation_method").value == "resnet-lrp"
@@ -29,7 +29,7 @@ def test_conservation_page_renders_three_plots_for_default_model():
 def test_conservation_page_toggling_identity_changes_block_shares():
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pages/conservation.py").run()
+    at.switch_page("views/conservation.py").run()
     at.checkbox(key="conservation:resnet-lrp:include_identity").set_value(False).run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 3
@@ -53,7 +53,7 @@ def test_conservation_sweep_reruns_for_compute_options_only(monkeypatch):
     st.cache_data.clear()
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pages/conservation.py").run()
+    at.switch_page("views/conservation.py").run()
     assert not at.exception, at.exception
     assert len(calls) == 1
     at.slider(key="conservation:resnet-lrp:bins").set_value(3).run()

@@ -134,7 +134,7 @@ def test_dataset_page_clusters_a_class_and_opens_a_member_in_compare(project):
     at.session_state["dv_dataset"] = "fruit"
     at.session_state["dv_method"] = "input-x-gradient"  # the untrained net's Grad-CAMs are all zero
     at.run()
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("views/dataset.py").run()
     assert not at.exception, at.exception
     at.button(key="dv_run").click().run()
     assert not at.exception, at.exception
@@ -158,7 +158,7 @@ def test_dataset_page_clusters_a_class_and_opens_a_member_in_compare(project):
     assert at.session_state["ctx"].image_name == name  # Compare explains exactly that image
     assert [t.value for t in at.title] == ["Compare attribution methods"]
     # back on the Dataset page the run is kept; the worst image opens in Failure review on this dataset
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("views/dataset.py").run()
     assert not at.exception, at.exception
     review = next(b for b in at.button if b.key and b.key.startswith("dv_rev_worst_"))
     review.click().run()

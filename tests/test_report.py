@@ -1,4 +1,4 @@
-"""The stakeholder report (explainers/report.py, ``python -m explainers report``, pages/report_button.py).
+"""The stakeholder report (explainers/report.py, ``python -m explainers report``, views/report_button.py).
 
 What a reader of the report relies on is checked from the file itself: the HTML is parsed, its embedded PNGs are
 decoded and compared pixel for pixel with maps drawn here from the raw attributions with ``render`` (the Compare
@@ -160,7 +160,7 @@ def report(lite0, chelsea, maps):
 
 
 def shown_input(bundle, image) -> np.ndarray:
-    """The input as the app's sidebar makes ``ctx.display`` (pages/common.py)."""
+    """The input as the app's sidebar makes ``ctx.display`` (views/common.py)."""
     return bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy()
 
 
@@ -300,7 +300,7 @@ def test_cli_report_on_a_missing_image(capsys):
 
 
 def test_download_is_built_once_then_cached(lite0, chelsea, maps, monkeypatch):
-    from pages import report_button
+    from views import report_button
 
     calls = []
     real = report_button.build_report
@@ -319,7 +319,7 @@ def test_download_is_built_once_then_cached(lite0, chelsea, maps, monkeypatch):
 
 
 def test_report_path_is_redacted_for_a_remote_reader(lite0, chelsea, maps):
-    from pages import report_button
+    from views import report_button
 
     bundle = dataclasses.replace(lite0, weights_source="checkpoint /home/alice/secret/weights.pt")
     ctx = SimpleNamespace(bundle=bundle, image=chelsea, image_name="chelsea.png", image_hash="redact01",
@@ -337,7 +337,7 @@ def test_readme_mentions_the_report():
 def test_compare_page_builds_the_report_only_when_asked(monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from pages import report_button
+    from views import report_button
 
     calls = []
     real = report_button.build_report
@@ -355,7 +355,7 @@ def test_compare_page_builds_the_report_only_when_asked(monkeypatch):
 def test_a_tiles_own_view_reaches_the_report(lite0, chelsea, maps, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from pages import report_button
+    from views import report_button
 
     gradcam = maps[0]
     own = build_report(lite0, chelsea, [gradcam], views={"gradcam": "heatmap"}, opacity=0.6, clip=99.0)

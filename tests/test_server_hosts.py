@@ -59,7 +59,7 @@ def test_foreign_host_header_is_refused(tmp_path):
         port = int(url.rsplit(":", 1)[1])
         results = {h: asyncio.run(_handshake(port, h)) for h in ("127.0.0.1", "localhost", "evil.example",
                                                                   "127.0.0.1.nip.io")}
-        for _ in range(240):  # the warm-up (pages/warmup.py) ends with one line: ready, or why it stopped
+        for _ in range(240):  # the warm-up (views/warmup.py) ends with one line: ready, or why it stopped
             if "warm-up:" in log_path.read_text():
                 break
             time.sleep(0.5)

@@ -15,7 +15,7 @@ def explorer(tmp_path, monkeypatch) -> AppTest:
     monkeypatch.setenv("RELEVANCE_EXPLORER_CACHE", str(tmp_path))  # the PFV index goes to a temporary folder
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pages/srd_explorer.py").run()
+    at.switch_page("views/srd_explorer.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -78,7 +78,7 @@ def test_neighbours_over_a_registered_dataset(tmp_path, monkeypatch):
     at.session_state["srd_dataset"] = "fruit"
     at.session_state["srd_top"] = 1
     at.run()
-    at.switch_page("pages/srd_explorer.py").run()
+    at.switch_page("views/srd_explorer.py").run()
     assert not at.exception, at.exception
     assert at.radio(key="srd_over").value == "A registered dataset"
     nbs = [(c, img) for img in at.image for c in img.captions if " cos " in c]

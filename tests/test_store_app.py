@@ -23,7 +23,7 @@ def _review(tmp_path, monkeypatch) -> AppTest:
     at.session_state["uploads"] = {image_hash(data): ("coffee.png", data)}
     at.session_state["fr_method"] = "gradcam"
     at.session_state["fr_source"] = "Uploads in this session"
-    at.switch_page("pages/failure_review.py").run()
+    at.switch_page("views/failure_review.py").run()
     at.button(key="fr_run").click().run()
     assert not at.exception, at.exception
     return at

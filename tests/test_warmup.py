@@ -1,4 +1,4 @@
-"""The server warm-up (pages/warmup.py, issue 15): it prepares exactly what a first visit to Compare asks for, so
+"""The server warm-up (views/warmup.py, issue 15): it prepares exactly what a first visit to Compare asks for, so
 that visit computes no map; scripts/serve.py starts it (the launcher's own run is in tests/test_server_hosts.py)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def forward_batches(bundle) -> list[int]:
 
 
 def test_first_visit_after_the_warm_up_computes_no_map(monkeypatch):
-    from pages import common, warmup
+    from views import common, warmup
 
     st.cache_resource.clear()  # no model, no map cache left by other tests: the warm-up alone fills them
     resumed = []
@@ -55,7 +55,7 @@ def test_first_visit_after_the_warm_up_computes_no_map(monkeypatch):
 
 
 def test_a_failed_warm_up_is_one_log_line(monkeypatch, capsys):
-    from pages import warmup
+    from views import warmup
 
     def broken(*a, **k):
         raise OSError("disk on fire")
@@ -118,7 +118,7 @@ def test_a_top5_asked_for_twice_at_once_costs_one_forward_pass(lite0, gallery_x)
 def test_the_collector_pauses_for_the_imports_and_comes_back_frozen():
     """scripts/serve.py pauses the cyclic garbage collector; the warm-up turns it back on after its imports, with
     everything then alive in the permanent generation (so Streamlit's full pass after each run stays cheap)."""
-    code = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r}); from pages import warmup\n"
+    code = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r}); from views import warmup\n"
             "warmup.resume_collector(); assert gc.isenabled() and gc.get_freeze_count() == 0  # not paused: no-op\n"
             "warmup.pause_collector(); assert not gc.isenabled()\n"
             "import torch\n"
@@ -131,16 +131,16 @@ def test_the_collector_pauses_for_the_imports_and_comes_back_frozen():
 
 
 def test_plain_streamlit_run_freezes_the_import_time_objects_once():
-    """Without the launcher (`streamlit run app.py`) the first page's import of pages.common collects once and
+    """Without the launcher (`streamlit run app.py`) the first page's import of views.common collects once and
     freezes what the imports made; under the launcher's paused collector it leaves that to the warm-up."""
     code = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from pages import warmup; warmup.pause_collector()\n"
-            "from pages import common\n"
+            "from views import warmup; warmup.pause_collector()\n"
+            "from views import common\n"
             "assert not gc.isenabled() and gc.get_freeze_count() == 0  # the warm-up's job\n"
             "warmup.resume_collector(); assert gc.get_freeze_count() > 100_000\n"
             "print('ok')")
     plain = (f"import gc, sys; sys.path.insert(0, {str(ROOT)!r})\n"
-             "from pages import common\n"
+             "from views import common\n"
              "assert gc.isenabled() and gc.get_freeze_count() > 100_000\n"
              "print('ok')")
     for source in (code, plain):

@@ -27,7 +27,7 @@ from explainers.progress import progress_callback
 from explainers.quality import quality_images
 from explainers.redact import public
 from explainers.store import MAX_NOTE, MAX_WHO, Store, default_db_path
-from pages import common, sources
+from views import common, sources
 
 LABEL_CHOICES = {"IA": "IA: Insufficiently Attended", "OA": "OA: Over-Attended", "WA": "WA: Wrongly Attended",
                  "none": "not a failure"}

@@ -22,7 +22,7 @@ from explainers import ExplainerError, render
 from explainers.images import image_hash
 from explainers.methods import srd
 from explainers.methods.srd import BIAS_SHARES, STARTS
-from pages import common, sources
+from views import common, sources
 
 ctx = common.require_context()
 bundle = ctx.bundle

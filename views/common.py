@@ -24,7 +24,7 @@ from explainers.classes import find_classes, resolve_target, short_name
 from explainers.images import GALLERY, image_hash, load_image
 from explainers.models import DEFAULT_MODEL, MODEL_SPECS, available_devices
 from explainers.redact import public
-from pages import link
+from views import link
 
 if gc.isenabled():  # (paused: scripts/serve.py's warm-up is importing this; it freezes them itself afterwards)
     # Once per process, after the imports above (Streamlit, torch, torchvision, explainers: ~480,000 objects that
@@ -252,7 +252,7 @@ def _sidebar() -> Context | None:
         devices = available_devices()
         device = st.selectbox("Device", devices, key="device", help="cuda when a GPU is present, else cpu")
 
-        from pages import sources
+        from views import sources
 
         rows = {r["name"]: r for r in model_table()}
         project = sources.project_models()  # relevance-explorer.toml's models, next to the zoo
@@ -342,7 +342,7 @@ def _sidebar() -> Context | None:
 def _truth_caption(bundle: explainers.ModelBundle, dataset: str | None, true_label: str,
                    top5: list[tuple[int, str, float]]) -> None:
     """True label vs prediction, for an image of a labelled dataset."""
-    from pages import sources
+    from views import sources
 
     try:  # the cached listing: a rerun never lists the dataset again
         truth = sources.listed(dataset).targets(bundle.class_names).get(true_label) if dataset else None

@@ -14,9 +14,9 @@ from explainers import dataset_view as dv
 from explainers.by_class import truth_by_name
 from explainers.images import load_image
 from explainers.quality import Settings
-from pages import common, sources
+from views import common, sources
 
-PAGES = {"compare": "pages/compare.py", "review": "pages/failure_review.py"}
+PAGES = {"compare": "views/compare.py", "review": "views/failure_review.py"}
 
 ctx = common.require_context()
 goto = st.session_state.pop("dv_goto", None)

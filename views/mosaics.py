@@ -13,7 +13,7 @@ from explainers import METHODS, explain, render
 from explainers.classes import short_name
 from explainers.images import GALLERY, image_hash
 from explainers.mosaic import QUADRANTS, build_mosaic, gae_score, load_folder, random_selection
-from pages import common, sources
+from views import common, sources
 
 ctx = common.require_context()
 bundle = ctx.bundle

@@ -18,7 +18,7 @@ from explainers.conservation import Sweep, conservation_sweep, sweep_options
 from explainers.images import image_hash
 from explainers.progress import progress_callback
 from explainers.propagation import PropagationTrace
-from pages import common
+from views import common
 
 ctx = common.require_context()
 bundle = ctx.bundle

@@ -20,7 +20,7 @@ from explainers.metrics import (
 )
 from explainers.progress import progress_callback
 from explainers.store import Store
-from pages import common
+from views import common
 
 ctx = common.require_context()
 bundle = ctx.bundle
@@ -142,7 +142,7 @@ bench_source = st.radio("On", ["Gallery", "Dataset"], horizontal=True, key="metr
 bench_images, truth, unreadable = None, {}, []
 if bench_source == "Dataset":
     from explainers.by_class import truth_by_name
-    from pages import sources
+    from views import sources
 
     dataset = sources.choose_dataset("metrics_dataset")
     if dataset is not None and len(dataset):

@@ -22,7 +22,7 @@ from explainers.cache import ByteLRU
 from explainers.classes import short_name
 from explainers.estimate import describe_estimate, estimate_seconds
 from explainers.progress import Cancelled, progress_callback
-from pages import common, report_button
+from views import common, report_button
 
 SLOW_SECONDS = 5.0  # estimates above this get a progress bar and a Stop button
 STOPPED, DONE = "compare_stopped", "compare_done"

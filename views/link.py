@@ -100,7 +100,7 @@ def read_once(models: list[str], datasets: list[str]) -> None:
     from explainers import METHODS, ExplainerError
     from explainers.dataset_view import compare_state
     from explainers.images import GALLERY
-    from pages import sources
+    from views import sources
 
     def dataset_state(name: str, image: str) -> dict[str, Any]:
         try:

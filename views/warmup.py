@@ -92,7 +92,7 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
     from explainers.estimate import estimate_seconds
     from explainers.images import GALLERY, image_hash
     from explainers.models import DEFAULT_MODEL, available_devices
-    from pages import common
+    from views import common
 
     explainers.METHODS  # noqa: B018 - the registry: every method module (imports torch's optional stacks they use)
     resume_collector()
