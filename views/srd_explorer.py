@@ -72,23 +72,26 @@ def _subconcepts(image_key: str, model_key: str, layer: str, pos: tuple[int, int
     return _p.subconcepts(layer, pos, top=0, bias_share=bias_share)
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _index(model_key: str, layer: str, keys: tuple[str, ...], _bundle, _items) -> srd.PFVIndex:
-    bar = st.progress(0.0, text=f"Indexing PFVs of {layer} over {len(_items)} images ...")
+def _with_progress(text: str, build):  # noqa: ANN001, ANN202
+    """``build(progress)`` under a progress bar that is removed afterwards, whatever happens."""
+    bar = st.progress(0.0, text=text)
     try:
-        return srd.build_index(_bundle, layer, _items, progress=lambda f, t: bar.progress(f, text=t))
+        return build(lambda f, t: bar.progress(f, text=t))
     finally:
         bar.empty()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _index(model_key: str, layer: str, keys: tuple[str, ...], _bundle, _items) -> srd.PFVIndex:
+    return _with_progress(f"Indexing PFVs of {layer} over {len(_items)} images ...",
+                          lambda progress: srd.build_index(_bundle, layer, _items, progress=progress))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _dataset_index(model_key: str, layer: str, dataset_name: str, files_key: str, _bundle, _dataset) -> srd.PFVIndex:
     """The index over a registered dataset: on disk per weights fingerprint + layer + file list (``files_key``)."""
-    bar = st.progress(0.0, text=f"Indexing PFVs of {layer} over {len(_dataset)} files of {dataset_name} ...")
-    try:
-        return srd.build_dataset_index(_bundle, layer, _dataset, progress=lambda f, t: bar.progress(f, text=t))
-    finally:
-        bar.empty()
+    return _with_progress(f"Indexing PFVs of {layer} over {len(_dataset)} files of {dataset_name} ...",
+                          lambda progress: srd.build_dataset_index(_bundle, layer, _dataset, progress=progress))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
