@@ -11,9 +11,10 @@ for the Compare page's first map (`--delay 9`: the browser opens 9 s after the s
 server is started before a demo, and the time counts from opening the page): the image in Grad-CAM's tile, or on
 pages without tiles its "native 7x7" caption.  Prints the time until the health endpoint answers, the time until the
 first heatmap is on screen, and the load average (issue 15 asks for <= 5 s on a quiet machine).  Each run also
-prints a CPU probe (:func:`cpu_probe`: seconds of a fixed pure-Python loop in a fresh interpreter, taken just before
-the run): this machine's speed drifts by 20-40 % within an hour (a shared hypervisor), and the cold start is
-nearly all single-threaded Python under one GIL, so the probe says which runs are comparable.
+prints two probes (:func:`cpu_probe`: seconds of a fixed pure-Python loop, and of ``import torch``, each in a fresh
+interpreter, taken just before the run): this machine's speed drifts by 20-40 % within an hour (a shared
+hypervisor), at times far more for imports than for the loop, and the cold start is nearly all single-threaded
+Python under one GIL, so the probes say which runs are comparable.
 A benchmark, not a test.  scripts/bench_app_grid.py reuses :func:`serve` for a warm server.
 """
 
@@ -73,12 +74,20 @@ PROBE = ("import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000
          "print(time.perf_counter() - t)")
 
 
-def cpu_probe() -> float:
-    """Seconds of 10 million pure-Python additions in a fresh interpreter (about 1.0-1.3 s on this 2-core CPU
-    in session 10): one number for how fast the machine runs the GIL-bound work of a cold start right now."""
+IMPORT_PROBE = "import time\nt = time.perf_counter()\nimport torch\nprint(time.perf_counter() - t)"
+
+
+def cpu_probe() -> tuple[float, float]:
+    """Seconds of 10 million pure-Python additions in a fresh interpreter (0.6-1.3 s on this 2-core CPU in
+    sessions 10-11), and of ``import torch`` in another (1.0-1.3 s at this machine's usual speed, 3-4 s in session
+    11's slow hour, when the additions took no longer): how fast the machine runs a cold start's work right now."""
     import subprocess
 
-    return float(subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout)
+    def seconds(code: str) -> float:
+        return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    cwd=ROOT / "scripts").stdout)
+
+    return seconds(PROBE), seconds(IMPORT_PROBE)
 
 
 def load() -> str:
@@ -121,7 +130,8 @@ def main() -> None:
             runs.append(one_cold_start(browser, args.plain, args.image, args.delay))
         browser.close()
     for i, ((healthy, first), probe) in enumerate(zip(runs, probes), 1):
-        print(f"run {i}: server healthy {healthy:.1f} s, first heatmap {first:.1f} s (cpu probe {probe:.2f} s)")
+        print(f"run {i}: server healthy {healthy:.1f} s, first heatmap {first:.1f} s "
+              f"(cpu probe {probe[0]:.2f} s, import torch {probe[1]:.2f} s)")
     print(f"median: server healthy {statistics.median(r[0] for r in runs):.1f} s, "
           f"first heatmap {statistics.median(r[1] for r in runs):.1f} s")
     print(f"load average after: {load()}")
