@@ -20,6 +20,11 @@ from tests import test_browser as tb
 from tests.test_browser import CHROMIUM, MAIN, SIDEBAR, choose_methods, select, wait_idle, wait_map
 
 project, app_url, page = tb.project, tb.app_url, tb.page  # the same server and browser fixtures (module scope)
+# This module's fresh server is first visited through a link to a sub-page (the page fixture does it): Streamlit
+# ran a pages/ folder beside app.py as a legacy multipage app until the server's first st.navigation call, so that
+# visit ran the page file alone and listed every module of the folder (common, warmup, ...) as pages.  Failure
+# review computes nothing until asked, so nothing is left running when the browser moves on.
+FIRST_VISIT = {"path": "failure_review"}
 
 pytestmark = [
     pytest.mark.browser,
@@ -215,3 +220,8 @@ def test_srd_grid_clicks_pick_the_clicked_cell_of_the_shown_layer(page, app_url)
     assert _wait_picked(page, ("blocks.4.2.bn2.act", 9, 5)) == ("blocks.4.2.bn2.act", 9, 5)
     no_exception(page)
     print(f"SRD grid clicks took {time.monotonic() - t0:.1f} s")
+
+
+def test_a_link_to_a_sub_page_on_a_fresh_server_opens_the_app(page):
+    assert FIRST_VISIT["nav"] == tb.PAGE_TITLES, FIRST_VISIT
+    assert urlparse(FIRST_VISIT["url"]).path.rstrip("/").endswith("/failure_review")
