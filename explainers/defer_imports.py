@@ -47,7 +47,7 @@ before it imports torch) lets torch's import skip that one import: while ``torch
 torch's import is done, so that the next import of it (``torch._decomp``'s, or :func:`import_meta_registrations`,
 which the warm-up calls a few seconds after the first map is ready) is the real one; a first import of one of the
 modules they import (:data:`META_ENTRIES`) imports them first.  Until then an operator on a ``meta`` or fake
-tensor whose shape function is written in Python (``torch.histc``, for one) raises NotImplementedError: fake
+tensor whose shape function is written in Python (``torch.histc``, for one) fails with "no Meta kernel": fake
 tensors and ``make_fx`` are imported by torch itself, so only TorchDynamo's import (``torch.compile``) brings the
 kernels in by itself; no method of this project uses either.
 
@@ -76,9 +76,10 @@ DYNAMO = "torch._dynamo"
 DYNAMO_UTILS = "torch._dynamo.utils"
 TIMM_HUB = "timm.models._hub"
 TORCH, TORCH_META = "torch", "torch._meta_registrations"
-# what torch._meta_registrations imports that torch's import does not (torch 2.14), at the top of each import chain:
-# while the kernels are deferred, a first import of one of these imports them first, in torch's own order (a direct
-# ``import torch.utils._content_store``, which TorchDynamo runs, otherwise meets a circular import with torch._prims)
+# what torch._meta_registrations imports that torch's import then does not (torch 2.14), at the top of each import
+# chain: while the kernels are deferred, a first import of one of these imports them first, in torch's own order
+# (importing them in another order can meet circular imports: torch.utils._content_store <-> torch._prims did, before
+# torch._prims was kept in torch's import)
 META_ENTRIES = frozenset({"torch._decomp", "torch._refs", "torch.testing._internal.common_dtype"})
 TORCH_PRIMS = "torch._prims"  # imported in any case (see _run_torch_meta)
 HUB, HUB_UTILS = "huggingface_hub", "huggingface_hub.utils"

@@ -124,8 +124,8 @@ out["decomp_after_explain"] = "torch._decomp" in sys.modules
 def histc():
     try:
         return list(torch.empty(5, device="meta").histc(bins=7).shape)
-    except NotImplementedError:
-        return "NotImplementedError"
+    except RuntimeError as exc:  # torch's "no fake impl or Meta kernel registered" error
+        return "no meta kernel" if "Meta" in str(exc) else repr(exc)
 
 
 out["histc_before"] = histc()
@@ -156,7 +156,7 @@ def test_torch_without_its_meta_kernels_computes_the_same_bits_and_gets_them_bac
     assert not deferred["decomp_after_explain"]  # no method needs them
     assert deferred["digest"] == plain["digest"]  # the same logits and maps, bit for bit (eager CPU kernels)
     # a Python-only shape function: missing while deferred, back after import_meta_registrations()
-    assert deferred["histc_before"] == "NotImplementedError" and plain["histc_before"] == [7]
+    assert deferred["histc_before"] == "no meta kernel" and plain["histc_before"] == [7]
     assert deferred["imported_now"] is True and plain["imported_now"] is False
     assert deferred["histc_after"] == [7] and deferred["real_meta"] and not deferred["finder_left"]
     # torch.compile in the deferred state imports the real kernels by itself (through torch._decomp)
