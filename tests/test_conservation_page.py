@@ -50,7 +50,7 @@ def test_conservation_sweep_reruns_for_compute_options_only(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(conservation, "conservation_sweep", counting)
-    st.cache_data.clear()
+    st.cache_resource.clear()  # the page keeps finished sweeps in a server-wide cache_resource
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
     at.switch_page("views/conservation.py").run()
@@ -58,7 +58,25 @@ def test_conservation_sweep_reruns_for_compute_options_only(monkeypatch):
     assert len(calls) == 1
     at.slider(key="conservation:resnet-lrp:bins").set_value(3).run()
     assert not at.exception, at.exception
-    assert len(calls) == 1  # display only: the cached sweep is reused
+    assert len(calls) == 1  # display only: the cached sweep is reused ...
+    assert len(at.get("plotly_chart")) == 3 and not at.error  # ... and drawn (a hit used to fail, below)
     at.checkbox(key="conservation:resnet-lrp:include_identity").set_value(False).run()
     assert len(calls) == 2  # a compute option: the sweep reruns
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_a_second_visitor_gets_the_cached_sweep_drawn():
+    """The sweep's cache is the server's: a later session (another visitor, a reload) is a hit.  With
+    st.cache_data around the sweep every hit raised CacheReplayClosureError (the progress updates went to a bar
+    made outside the cached function): the Fig. 7 plot was missing and the bar stayed on the page."""
+    first = AppTest.from_file(APP, default_timeout=300)
+    first.run()
+    first.switch_page("views/conservation.py").run()
+    assert len(first.get("plotly_chart")) == 3
+    second = AppTest.from_file(APP, default_timeout=300)
+    second.run()
+    second.switch_page("views/conservation.py").run()
+    assert not second.exception, second.exception
+    assert not second.error, [e.value for e in second.error]
+    assert len(second.get("plotly_chart")) == 3
+    assert not second.get("progress")  # the bar is removed once the sweep is there

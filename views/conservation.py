@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainers import METHODS, get_method, methods_for
+from explainers.cache import ByteLRU
 from explainers.conservation import Sweep, conservation_sweep, sweep_options
 from explainers.images import image_hash
 from explainers.progress import progress_callback
@@ -102,11 +103,22 @@ st.caption("Start = predicted probability of each image's top class; totals at t
 compute = sweep_options(method, options)  # display-only options are not part of it: moving them never reruns
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_resource
+def _sweeps() -> ByteLRU:
+    """Finished Fig. 7 sweeps for the server (16 at most; each holds a few numbers per image).
+
+    Not st.cache_data around the sweep: that records the Streamlit calls made inside the cached function and
+    replays them on a hit, and the sweep's progress updates go to a bar made outside it, so every hit after
+    the first visit raised CacheReplayClosureError (and the bar stayed).  This cache records nothing; a sweep
+    interrupted by a rerun stores nothing."""
+    return ByteLRU(64 * 2**20, max_entries=16)
+
+
 def cached_sweep(model_key: str, method_: str, compute_json: str, image_keys: tuple[str, ...],
-                 _bundle, _images: list) -> Sweep:
+                 bundle_, images_: list) -> Sweep:
     """The Fig. 7 sweep, keyed by what it depends on: model, method, compute options, the images' hashes."""
-    return conservation_sweep(_bundle, _images, method_, json.loads(compute_json))
+    return _sweeps().get_or_compute((model_key, method_, compute_json, image_keys),
+                                    lambda: conservation_sweep(bundle_, images_, method_, json.loads(compute_json)))
 
 
 images, keys = [], []
@@ -120,7 +132,7 @@ bar = st.progress(0.0, text="Propagating over the gallery ...")
 try:
     with progress_callback(lambda f, t: bar.progress(f, text=t or "...")):
         sweep = cached_sweep(ctx.model_key, method, json.dumps(compute, sort_keys=True), tuple(keys),
-                             _bundle=bundle, _images=images)
+                             bundle, images)
 except Exception as exc:  # noqa: BLE001 - shown as a friendly message; the page stays usable
     common.show_error(exc)
     st.stop()
