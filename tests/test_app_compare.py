@@ -55,7 +55,9 @@ def test_friendly_error_for_a_non_image_upload():
     at.sidebar.get("file_uploader")[0].upload("cat.png", b"plain text, not a picture", "image/png").run()
     assert not at.exception
     assert any("not an image" in e.value for e in at.sidebar.error)
-    assert any("not an image" in e.value and "still works" in e.value for e in at.main.error)
+    # said once: the main area points to the sidebar instead of repeating the message
+    assert [e.value for e in at.error] == [e.value for e in at.sidebar.error]
+    assert any("still works" in w.value and "sidebar" in w.value for w in at.main.warning)
 
 
 def test_untrained_model_is_labelled():

@@ -194,7 +194,7 @@ def show_error(exc: Exception) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    """Show a sidebar problem in the sidebar and remember it for the page's main area."""
+    """Show a sidebar problem in the sidebar and remember that there was one (the page's main area says where)."""
     show_error(exc)
     st.session_state["ctx_problem"] = public(str(exc))
     return None
@@ -415,9 +415,10 @@ def require_context() -> Context:
     ctx = sidebar()
     if ctx is None:
         problem = st.session_state.get("ctx_problem")
-        if problem:
-            st.error(f"{problem}  \nThe rest of the app still works: pick another file or a gallery image.",
-                     icon=":material/error:")
+        if problem:  # the message itself is in the sidebar, beside the choice it is about: said once
+            st.warning("Nothing to show yet: a choice in the sidebar could not be used (the message is there). "
+                       "The rest of the app still works: pick another file, a gallery image or another model.",
+                       icon=":material/arrow_back:")
         else:
             st.info("Choose a model, an image and a target class in the sidebar.")
         st.stop()
