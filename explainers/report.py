@@ -15,9 +15,11 @@ import io
 import platform
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,15 +36,47 @@ LIBRARIES = ("relevance-explorer", "torch", "torchvision", "timm", "grad-cam", "
 MAPS_PER_PAGE = 6  # PDF: a 3 x 2 grid of maps per A4 page, after one page of facts
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def library_versions() -> dict[str, str]:
-    """PyPI name -> installed version ("not installed" where absent), plus Python itself."""
+    """PyPI name -> installed version ("not installed" where absent), plus Python itself; this project's own
+    entry says which code made the report, installed or not (:func:`project_version`)."""
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    out["relevance-explorer"] = project_version(out["relevance-explorer"])
     return out
+
+
+def project_version(installed: str = "not installed") -> str:
+    """This project's version: the installed one, else pyproject.toml's (the app usually runs from a checkout,
+    where the package is not installed), plus the git commit when the code is a git checkout and whether it
+    has uncommitted changes to tracked files."""
+    version = installed
+    if installed == "not installed":
+        toml = ROOT / "pyproject.toml"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', toml.read_text(), re.M) if toml.is_file() else None
+        version = f"{found.group(1)} (checkout)" if found else "checkout"
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if commit:
+        version += f", commit {commit}" + (" with local changes" if _git("status", "--porcelain", "-uno") else "")
+    return version
+
+
+def _git(*args: str) -> str:
+    """git's output in this project's folder, "" when there is no git or no repository (an installed wheel)."""
+    if not (ROOT / ".git").exists():
+        return ""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=5,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 @dataclass
@@ -59,6 +93,8 @@ class ReportMap:
     signed: bool
     native_resolution: tuple[int, int] | None
     rgb: np.ndarray  # HxWx3 uint8, the map as drawn
+    colorbar: np.ndarray | None = None  # the colour scale's strip (render.colorbar), as under a Compare tile
+    scale: str = ""  # its labels: the ends, the unit and where the limit comes from (render.colorbar_labels)
 
 
 @dataclass
@@ -104,12 +140,35 @@ def draw_map(explanation: Explanation, display: Image.Image, options: dict[str, 
     ``bins``), then the page's view (``auto``: heatmap alone for pixel-level maps, over the input for CAMs and
     coarse maps; diverging colormap for signed maps)."""
     spec = METHODS[explanation.method]
-    shown = spec.display_map(explanation.attribution, {**explanation.options, **(options or {})})
-    shown = render.upsample(shown, (display.height, display.width))  # a no-op for maps at input size
-    kind = (render.default_view(spec.family, explanation.signed, explanation.native_resolution, tuple(shown.shape))
+    shown = shown_map(explanation, display, options)
+    signed = shown_signed(explanation, options)
+    kind = (render.default_view(spec.family, signed, explanation.native_resolution, tuple(shown.shape))
             if view == "auto" else view)
-    return render.view(kind, display, shown, signed=explanation.signed, opacity=opacity, clip=clip,
-                       cmap=signed_cmap if explanation.signed else cmap)
+    return render.view(kind, display, shown, signed=signed, opacity=opacity, clip=clip,
+                       cmap=signed_cmap if signed else cmap)
+
+
+def shown_map(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None):
+    """The values a map is drawn from: the method's display post-processing, at the input's size."""
+    spec = METHODS[explanation.method]
+    shown = spec.display_map(explanation.attribution, {**explanation.options, **(options or {})})
+    return render.upsample(shown, (display.height, display.width))  # a no-op for maps at input size
+
+
+def shown_signed(explanation: Explanation, options: dict[str, Any] | None = None) -> bool:
+    """Whether the map as shown is drawn signed (absLRP's default display is its positive part)."""
+    return METHODS[explanation.method].shown_signed({**explanation.options, **(options or {})})
+
+
+def map_scale(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None,
+              clip: float = 99.5, cmap: str | None = None, signed_cmap: str | None = None) -> tuple[np.ndarray, str]:
+    """A map's colour bar and its labels, as Compare shows them under the tile: without them a reader of the
+    report cannot tell a strong map from a faint one (every map spans the whole colormap)."""
+    signed = shown_signed(explanation, options)
+    chosen = (signed_cmap or render.DIVERGING[0]) if signed else (cmap or render.SEQUENTIAL[0])
+    limit = render.limit(shown_map(explanation, display, options), signed, clip)
+    return (render.colorbar(chosen, signed=signed),
+            render.colorbar_labels(limit, signed, render.unit(METHODS[explanation.method].family), clip))
 
 
 def _methods_arg(maps: list[ReportMap]) -> str:
@@ -134,11 +193,13 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
     for e in explanations:
         spec = METHODS[e.method]
         used = spec.resolve_options({**e.options, **(options or {}).get(e.method, {})})
+        bar, scale = map_scale(e, display, used, clip, cmap, signed_cmap)
         maps.append(ReportMap(
             method=e.method, name=spec.name, options=used, seconds=float(e.seconds), target=int(e.target),
-            target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=bool(e.signed),
+            target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=shown_signed(e, used),
             native_resolution=tuple(e.native_resolution) if e.native_resolution else None,
-            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view)))
+            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view),
+            colorbar=bar, scale=scale))
     own = [f"{METHODS[e.method].name}: {(views or {})[e.method]}" for e in explanations if (views or {}).get(e.method)]
     p = bundle.prep
     model = {
@@ -188,6 +249,8 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-s
 .grid { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; width: 260px; }
 figure img { width: 256px; height: auto; border: 1px solid #ccc; }
+figure img.bar { height: 10px; border: none; display: block; margin-top: 2px; }
+.scale { color: #555; }
 figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
 code { font-size: 0.85em; overflow-wrap: anywhere; }
 .warn { color: #a00; font-weight: bold; }
@@ -199,15 +262,23 @@ def _rows(items) -> str:
     return "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in items)
 
 
+def _figure(m: ReportMap) -> str:
+    """One map: the picture, its colour bar and scale (as under a Compare tile), what made it."""
+    e = html.escape
+    bar = (f'<img class="bar" alt="colour scale of {e(m.name)}" src="{_data_uri(m.colorbar)}">'
+           if m.colorbar is not None else "")
+    scale = f"<span class='scale'>{e(m.scale)}</span><br>" if m.scale else ""
+    return (f'<figure class="map" data-method="{e(m.method)}"><img alt="{e(m.name)}" src="{_data_uri(m.rgb)}">'
+            f"{bar}<figcaption>{scale}<b>{e(m.name)}</b> ({e(m.method)})<br>target {m.target} "
+            f"{e(m.target_name)} (p = {m.score:.4f})<br>{m.seconds:.3f} s, native {_native(m)}"
+            f"{', signed' if m.signed else ''}<br>options: {e(options_text(m.options))}</figcaption></figure>")
+
+
 def _html(r: Report) -> str:
     """Every user-controlled string (image name, class names, options, paths) goes through ``html.escape``."""
     e = html.escape
     top = "".join(f"<tr><td>{i}</td><td>{e(n)}</td><td>{p:.4f}</td></tr>" for i, n, p in r.top5)
-    figs = "".join(
-        f'<figure class="map" data-method="{e(m.method)}"><img alt="{e(m.name)}" src="{_data_uri(m.rgb)}">'
-        f"<figcaption><b>{e(m.name)}</b> ({e(m.method)})<br>target {m.target} {e(m.target_name)} "
-        f"(p = {m.score:.4f})<br>{m.seconds:.3f} s, native {_native(m)}{', signed' if m.signed else ''}"
-        f"<br>options: {e(options_text(m.options))}</figcaption></figure>" for m in r.maps)
+    figs = "".join(_figure(m) for m in r.maps)
     warn = "" if r.model["trained"] else ('<p class="warn">UNTRAINED model: random weights; these maps say nothing '
                                           "about a trained network.</p>")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(r.title)}</title>"
@@ -267,9 +338,14 @@ def pdf_figures(r: Report) -> list:
                 continue
             ax.imshow(m.rgb, interpolation="none")  # vector output: the map embedded pixel for pixel
             caption = (f"{m.name} ({m.method})\ntarget {m.target} {m.target_name} (p={m.score:.4f})\n"
-                       f"{m.seconds:.3f} s, native {_native(m)}\n" + _wrap(f"options: {options_text(m.options)}", 60))
+                       f"{m.seconds:.3f} s, native {_native(m)}\n" + _wrap(f"options: {options_text(m.options)}", 60)
+                       + ("\n" + _wrap(f"scale: {m.scale}", 60) if m.scale else ""))
+            if m.colorbar is not None:  # the colour bar under the map, as on Compare
+                bar = ax.inset_axes((0.0, -0.06, 1.0, 0.03))
+                bar.imshow(m.colorbar, aspect="auto", interpolation="none")
+                bar.set_axis_off()
             ax.set_title(caption, fontsize=6.5, loc="left")
-        fig.subplots_adjust(hspace=0.45, top=0.93, bottom=0.04)
+        fig.subplots_adjust(hspace=0.75, top=0.89, bottom=0.05)  # room for 8-line captions and the bars
         figures.append(fig)
     return figures
 

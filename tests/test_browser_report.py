@@ -60,6 +60,8 @@ def test_report_download_holds_every_map_shown(page):  # noqa: F811 - the fixtur
 
     tiles = {m: png(download(page, page.locator(f".st-key-{tile_key(m)} [data-testid='stDownloadButton'] button")))
              for m in MAPS}
+    scales = {m: page.locator(f".st-key-{tile_key(m)}").get_by_text(re.compile(r"\(limit = ")).first.inner_text()
+              for m in MAPS}  # the colour bar's labels under each tile
     wait_idle(page)
 
     page.locator('[data-testid="stPopover"] button').first.click()
@@ -76,6 +78,7 @@ def test_report_download_holds_every_map_shown(page):  # noqa: F811 - the fixtur
         assert np.array_equal(got, tiles[method]), method  # the map as the page drew it
     body = " ".join(doc.text)
     assert all(name in body for name in MAPS.values()) and "efficientnet_lite0-" in body  # name + fingerprint
+    assert len(doc.bars) == len(MAPS) and all(scales[m].strip() in body for m in MAPS), scales  # as on the page
 
     pdf = download(page, page.get_by_role("button", name=re.compile("PDF report")))
     assert pdf.startswith(b"%PDF-") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == 2

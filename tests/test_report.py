@@ -37,7 +37,8 @@ OPTIONS = {"lrp": {"bins": 4}}  # a display-only option: the report must draw th
 class _Doc(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.imgs: list[dict] = []
+        self.imgs: list[dict] = []  # the input and the maps
+        self.bars: list[dict] = []  # each map's colour bar
         self.maps: list[str] = []
         self.text: list[str] = []
         self.tags: list[str] = []
@@ -46,7 +47,7 @@ class _Doc(HTMLParser):
         attrs = dict(attrs)
         self.tags.append(tag)
         if tag == "img":
-            self.imgs.append(attrs)
+            (self.bars if attrs.get("class") == "bar" else self.imgs).append(attrs)
         if tag == "figure" and attrs.get("class") == "map":
             self.maps.append(attrs["data-method"])
 
@@ -201,6 +202,24 @@ def test_embedded_pngs_are_the_maps_compare_draws(report, lite0, chelsea, maps):
     assert not np.array_equal(imgs[3], render.heatmap(lrp.attribution, signed=True, clip=99.0))
 
 
+def test_every_map_carries_its_colour_bar_and_scale(report, maps):
+    """A reader of the report tells a strong map from a faint one as on Compare: each map has the tile's colour
+    bar and its labels (ends, unit, where the limit comes from), computed from the map as drawn."""
+    doc = parse(report.html())
+    assert len(doc.bars) == len(maps)
+    body = " ".join(doc.text)
+    gradcam, saliency, lrp = maps
+    shown = {"gradcam": gradcam.attribution, "saliency": saliency.attribution,
+             "lrp": render.heat_quantize(lrp.attribution, 4)}  # bins=4: the scale of the quantised map
+    for e, bar, m in zip(maps, doc.bars, report.maps):
+        want = render.colorbar_labels(render.limit(shown[e.method], e.signed, 99.0), e.signed,
+                                      render.unit(REGISTRY[e.method].family), 99.0)
+        assert m.scale == want and want in body
+        cmap = render.DIVERGING[0] if e.signed else render.SEQUENTIAL[0]
+        assert np.array_equal(decode_png(bar["src"]), render.colorbar(cmap, signed=e.signed))
+    assert "relevance" in report.maps[2].scale and "CAM activation" in report.maps[0].scale
+
+
 def test_user_strings_are_escaped(lite0, chelsea, maps):
     names = list(lite0.class_names)
     names[maps[0].target] = "<script>alert('class')</script>"
@@ -219,10 +238,10 @@ def test_pdf_has_the_pages_maps_and_text(report, lite0):
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     assert pdf_page_count(pdf) == pdf_pages(3) == 2
     images = pdf_images(pdf)
-    assert len(images) == 4
+    assert len(images) == 1 + 2 * 3  # the input, then each map and its colour bar
     assert np.array_equal(images[0], report.image_rgb)  # embedded pixel for pixel (interpolation="none")
-    for got, m in zip(images[1:], report.maps):
-        assert np.array_equal(got, m.rgb)
+    for got, bar, m in zip(images[1::2], images[2::2], report.maps):
+        assert np.array_equal(got, m.rgb) and np.array_equal(bar, m.colorbar)
     text = pdf_text(pdf)
     for needle in ("Grad-CAM", "Saliency", "bins=4", lite0.fingerprint, "tabby", "torch " + library_versions()["torch"],
                    "python -m explainers report"):
@@ -231,7 +250,7 @@ def test_pdf_has_the_pages_maps_and_text(report, lite0):
 
 def test_pdf_pages_grow_with_the_maps(lite0, chelsea, maps):
     pdf = build_report(lite0, chelsea, maps * 3, image_name="x.png").pdf()  # 9 maps: 1 + 2 pages
-    assert pdf_page_count(pdf) == pdf_pages(9) == 3 and len(pdf_images(pdf)) == 10
+    assert pdf_page_count(pdf) == pdf_pages(9) == 3 and len(pdf_images(pdf)) == 1 + 2 * 9  # maps + bars
 
 
 def test_file_names_are_sanitized():
