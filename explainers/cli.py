@@ -127,7 +127,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out:
         rgb = render.overlay(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).byte().numpy(),
                              get_method(res.method).display_map(res.attribution, res.options),  # e.g. HQ bins
-                             opacity=args.opacity, signed=res.signed)
+                             opacity=args.opacity,
+                             signed=get_method(res.method).shown_signed(res.options))
         Path(args.out).write_bytes(render.png_bytes(rgb))
     summary = {
         "model": bundle.label, "trained": bundle.trained, "weights": bundle.weights_source,

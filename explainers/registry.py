@@ -127,6 +127,10 @@ class MethodSpec:
     # The function runs the model forward itself, accepts target -1 for "the predicted class" and returns
     # its logits, so explain_batch skips its own forward pass (one forward less: the propagation methods).
     own_forward: bool = False
+    # Whether the map *as shown* (after ``postprocess``) is signed, from the display options; None: ``signed``.
+    # absLRP's default display is the positive part of a signed map: drawn on a diverging colormap, half of
+    # the colours would go unused.
+    display_signed: Callable[[dict[str, Any]], bool] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -154,6 +158,14 @@ class MethodSpec:
         """The map as shown: the raw map after this method's display-time post-processing."""
         _, shown = self.split_options(self.resolve_options(opts))
         return self.postprocess(attribution, shown) if self.postprocess else attribution
+
+    def shown_signed(self, opts: dict[str, Any]) -> bool:
+        """Whether :meth:`display_map` with these options is drawn as a signed map (diverging colormap, limits
+        symmetric about zero) or as a non-negative one."""
+        if self.display_signed is None:
+            return self.signed
+        _, shown = self.split_options(self.resolve_options(opts))
+        return bool(self.display_signed(shown))
 
     @property
     def requirement(self) -> Requirement:

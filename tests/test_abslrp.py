@@ -221,3 +221,15 @@ def test_vit_float32_map_close_to_float64(untrained):
     # Eq. 12 divides by |z| (LayerNorm: by |x - mean|), so units whose inputs nearly cancel amplify float32
     # rounding; on this random-weight ViT the float32 map stays within ~1 % (L1) of the float64 one.
     assert (r32.double() - r64).abs().sum() < 0.05 * r64.abs().sum()
+
+
+def test_the_default_display_is_drawn_as_a_non_negative_map():
+    """absLRP shows the positive part by default (``signed`` is display-only): the app then draws it on a
+    sequential colormap from 0, as the other non-negative maps; the signed map keeps the diverging one."""
+    from explainers import METHODS
+
+    spec = METHODS["abslrp"]
+    assert spec.signed and not spec.shown_signed({}) and spec.shown_signed({"signed": True})
+    raw = torch.tensor([[-2.0, 1.0], [0.5, -0.1]])
+    assert (spec.display_map(raw, {}) >= 0).all()
+    assert all(METHODS[m].shown_signed({}) == METHODS[m].signed for m in METHODS if m != "abslrp")

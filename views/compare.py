@@ -125,16 +125,17 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     Returns the tile's own view (None: it follows the page's), for the report."""
     spec = METHODS[tile]
     shown = spec.display_map(res.attribution, method_opts)
-    cmap = div_cmap if res.signed else seq_cmap
-    auto = render.default_view(spec.family, res.signed, res.native_resolution, tuple(shown.shape))
+    signed = spec.shown_signed(method_opts)  # absLRP's positive part (its default) is drawn as unsigned
+    cmap = div_cmap if signed else seq_cmap
+    auto = render.default_view(spec.family, signed, res.native_resolution, tuple(shown.shape))
     own = st.segmented_control("View of this map", ("heatmap", "overlay", "side by side"), key=f"view_{tile}",
                                format_func=TILE_VIEW_LABELS.get, label_visibility="collapsed",
                                help=f"map: the map alone; overlay: over the image; pair: the map beside the image. "
                                     f"None chosen: the page's view ({view}; auto = {auto})")
     kind = own or (auto if view == "auto" else view)
-    rgb = render.view(kind, ctx.display, shown, signed=res.signed, cmap=cmap, clip=clip, opacity=opacity)
-    bar = render.colorbar(cmap, signed=res.signed)
-    labels = render.colorbar_labels(render.limit(shown, res.signed, clip), res.signed, render.unit(spec.family), clip)
+    rgb = render.view(kind, ctx.display, shown, signed=signed, cmap=cmap, clip=clip, opacity=opacity)
+    bar = render.colorbar(cmap, signed=signed)
+    labels = render.colorbar_labels(render.limit(shown, signed, clip), signed, render.unit(spec.family), clip)
     # maps alone exact (PNG), overlays as JPEG (mostly a photo); both encoded once per distinct picture
     exact = kind != "overlay"  # (output_format: "auto" would turn the PNG bytes into a JPEG)
     st.image(encoded(rgb, exact), caption=spec.name, width="stretch", output_format="PNG" if exact else "JPEG")

@@ -187,7 +187,8 @@ spec = METHODS[method]
 col_a, col_b, col_c = st.columns([1, 1, 2])
 truth_note = f" · true {item.true_label} ({'right' if item.correct else 'wrong'})" if item.true_label else ""
 col_a.image(shown, caption=f"{name}: {item.target_name} ({item.score:.1%}){truth_note}", width="stretch")
-col_b.image(render.overlay(shown, spec.display_map(item.attribution, options), 0.5, signed=spec.signed),
+col_b.image(render.overlay(shown, spec.display_map(item.attribution, options), 0.5,
+                           signed=spec.shown_signed(options)),
             caption=spec.name, width="stretch")
 fig = go.Figure()
 fig.add_scatter(x=item.fractions.numpy(), y=item.insertion_curve.numpy(), name=f"insertion {item.insertion:.3f}")

@@ -153,7 +153,8 @@ for col, method in zip(tiles[1:], chosen):
             f = mosaic.focus(shown, target)
             c = mosaic.contrastiveness(shown, quadrant)
             scores[method] = {"method": spec.name, "Focus ↑": f, "Contrastiveness ↑": c}
-            st.image(render.overlay(mosaic.image(), shown, opacity=opacity, signed=res.signed), width="stretch",
+            st.image(render.overlay(mosaic.image(), shown, opacity=opacity,
+                                     signed=spec.shown_signed(options.get(method, {}))), width="stretch",
                      caption=f"{spec.name}: Focus {f:.3f} · Contrastiveness {c:.3f}")
         except Exception as exc:  # noqa: BLE001 - one failing method does not hide the others
             st.markdown(f"**{spec.name}**")

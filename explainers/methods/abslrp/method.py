@@ -88,6 +88,7 @@ def postprocess(attribution: torch.Tensor, display: dict[str, Any]) -> torch.Ten
 register(MethodSpec(
     id="abslrp", name="absLRP", family="lrp", fn=_run, options=OPTIONS,
     needs=ABSLRP, signed=True, postprocess=postprocess, own_forward=True,
+    display_signed=lambda display: bool(display.get("signed")),
     description="Relative Absolute Magnitude LRP (Vukadin et al. 2024): positive contributions over the absolute "
                 "pre-activation (Eq. 12), contrastive start; CNNs and Vision Transformers, pixel-level maps. "
                 "preset=released-code reproduces the authors' code.",
