@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,9 @@ def test_picking_a_pfv_and_exploring_a_subconcept(explorer):
     assert not at.exception, at.exception
     caps = _captions(at)
     assert "ERF of blocks.6.0.bn2.act (2, 3)" in caps
+    # the grid outlines the chosen cell (7x7 cells of 32 px on the 224 px image; pixel centres at integers)
+    shapes = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["shapes"]
+    assert [(s["x0"], s["x1"], s["y0"], s["y1"]) for s in shapes] == [(95.5, 127.5, 63.5, 95.5)]
     assert any(c.startswith("blocks.6.0.bn1.act (") and "mu = " in c for c in caps)  # a 3x3 window of sub-concepts
     first = next(c for c in caps if c.startswith("blocks.6.0.bn1.act ("))
     at.button(key="srd_sub_0").click().run()

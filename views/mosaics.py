@@ -22,6 +22,8 @@ st.title("Mosaics")
 st.caption("Four images in a 2x2 grid. A contrastive method puts the explained class's relevance in its own "
            "quadrant: Focus = share of positive relevance in the quadrants of that class; Contrastiveness "
            "weighs each quadrant by the scoring map (1 for the positive, 2 s_p[c_n]/s_p[c_p] - 1 for the others).")
+st.caption("This page makes its own images (the four quadrants below) and explains each quadrant's class; the "
+           "sidebar's image and target class are not used here.")
 
 kinds = ["Gallery", "Uploads", "Dataset"] + (["Folder"] if sources.server_paths_allowed() else [])
 source = st.radio("Images from", kinds, horizontal=True, key="mosaic_source",

@@ -200,6 +200,11 @@ fig.add_trace(go.Scatter(x=gx, y=gy, mode="markers",
                          marker={"size": max(3, min(14, int(360 / max(h, w)))), "opacity": 0.25, "color": "white"},
                          customdata=np.stack([rr.flatten(), cc.flatten()], 1),
                          hovertemplate="row %{customdata[0]}, col %{customdata[1]}<extra></extra>"))
+# The chosen PFV's cell, outlined (the Row/Column widgets below hold it; they are drawn after the chart).
+sel_r = min(max(int(st.session_state.get("srd_row", 0) or 0), 0), h - 1)
+sel_c = min(max(int(st.session_state.get("srd_col", 0) or 0), 0), w - 1)
+fig.add_shape(type="rect", x0=sel_c * W / w - 0.5, x1=(sel_c + 1) * W / w - 0.5, y0=sel_r * H / h - 0.5,
+              y1=(sel_r + 1) * H / h - 0.5, line={"color": "cyan", "width": 2}, layer="above")
 # The axes span exactly the image (constrain="domain" shrinks the plot area instead of padding the range), so
 # the plot area is the image: a click there is on a cell, and a test can compute where a cell is drawn.
 fig.update_layout(height=380, margin={"t": 10, "b": 10, "l": 10, "r": 10}, showlegend=False, clickmode="event+select",
@@ -208,7 +213,7 @@ fig.update_layout(height=380, margin={"t": 10, "b": 10, "l": 10, "r": 10}, showl
                   yaxis={"visible": False, "range": [H - 0.5, -0.5], "constrain": "domain", "scaleanchor": "x"})
 chart_key = f"srd_grid_{layer}_{h}x{w}_{st.session_state.get('srd_clicks', 0)}"  # per layer, grid and click
 with left:
-    st.plotly_chart(fig, key=chart_key, selection_mode="points",
+    st.plotly_chart(fig, key=chart_key, selection_mode="points", config={"displayModeBar": False},  # it hid row 0
                     on_select=functools.partial(_grid_clicked, chart_key, layer, (h, w), (H, W)))
 row = right.number_input("Row", min_value=0, max_value=h - 1, step=1, key="srd_row")
 col = right.number_input("Column", min_value=0, max_value=w - 1, step=1, key="srd_col")
