@@ -49,6 +49,26 @@ def test_display_controls_do_not_recompute(monkeypatch):
     assert calls == []
 
 
+def test_display_controls_neither_decode_preprocess_nor_quantise_again(monkeypatch):
+    """A display rerun draws from what the first run prepared: the decoded input and the model's view of it
+    (views/common.prepared_input) and each map after its display post-processing (heat quantisation)."""
+    from explainers import images, render
+    from explainers.models import ModelBundle
+
+    at = start()
+    at.multiselect(key="compare_methods").set_value(["gradcam", "resnet-lrp"]).run()
+    assert not at.exception, at.exception
+    calls = []
+    for owner, name in ((images, "load_image"), (ModelBundle, "preprocess"), (render, "heat_quantize")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _n=name, _o=original, **k: calls.append(_n) or _o(*a, **k))
+    at.slider(key="compare_opacity").set_value(0.8).run()
+    at.selectbox(key="compare_cmap").set_value("viridis").run()
+    assert not at.exception and calls == []
+    at.slider(key="compare_methods:resnet-lrp:bins").set_value(4).run()  # a display option of its own: quantised once more
+    assert not at.exception and calls == ["heat_quantize"]
+
+
 def test_friendly_error_for_a_non_image_upload():
     at = start()
     at.sidebar.radio(key="image_source").set_value("Upload").run()

@@ -74,6 +74,27 @@ def decode(data: bytes, name: str) -> Image.Image:
     return load_image(data, name=name)
 
 
+@st.cache_resource
+def _prepared_inputs() -> ByteLRU:
+    """Decoded images and what the model sees of them, for the server (256 MB, 16 entries)."""
+    return ByteLRU(256 * 2**20, max_entries=16)
+
+
+def prepared_input(data: bytes, name: str, ihash: str, bundle: explainers.ModelBundle,
+                   model_key: str) -> tuple[Image.Image, torch.Tensor, Image.Image]:
+    """(decoded image, model input x, the resized and cropped picture the maps are drawn over), once per image,
+    model and preprocessing: every rerun (a display change, a page switch) used to decode the file again
+    through st.cache_data (which unpickles a copy per hit: 75 MB for a 25 MP upload) and resize it twice.
+    Read-only: no method changes its input in place.  A file that fails to decode is not kept."""
+    def make() -> tuple[Image.Image, torch.Tensor, Image.Image]:
+        image = load_image(data, name=name)
+        x = bundle.preprocess(image)
+        shown = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
+        return image, x, shown
+
+    return _prepared_inputs().get_or_compute((ihash, model_key, repr(bundle.prep)), make)
+
+
 MAP_CACHE_MB = int(os.environ.get("RELEVANCE_EXPLORER_MAP_CACHE_MB", "256"))
 
 
@@ -313,23 +334,22 @@ def _sidebar() -> Context | None:
             data, image_name = GALLERY[key].png_bytes(), f"{key}.png"
             url_image = {"image": key, "dataset": None}
             remember = False
+        ihash = image_hash(data)
         try:
-            image = decode(data, image_name)
+            image, x, display = prepared_input(data, image_name, ihash, bundle, f"{bundle.fingerprint}|{device}")
         except ExplainerError as exc:
             return _fail(exc)
         if remember:
-            session_uploads()[image_hash(data)] = (image_name, data)
+            session_uploads()[ihash] = (image_name, data)
 
-        x = bundle.preprocess(image)
         top5 = bundle.topk(x, 5)
         if true_label is not None:
             _truth_caption(bundle, dataset, true_label, top5)
         target = _target_picker(bundle, top5)
         if target is None:
             return None
-        display = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
         ctx = Context(bundle=bundle, model_key=f"{bundle.fingerprint}|{device}", image=image, image_name=image_name,
-                      image_hash=image_hash(data), x=x, display=display, top5=top5, target=target,
+                      image_hash=ihash, x=x, display=display, top5=top5, target=target,
                       true_label=true_label, dataset=dataset)
     # (a page switch clears the query string; a page without a methods picker keeps the last one's methods)
     link.write({"model": name, **url_image, "target": str(target) if url_image["image"] else None,

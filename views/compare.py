@@ -81,6 +81,20 @@ def encoded(rgb, lossless: bool) -> bytes:
     return _encoded_images().get_or_compute(key, lambda: render.encode(rgb, lossless))
 
 
+@st.cache_resource
+def _shown_maps() -> ByteLRU:
+    """Maps after their display post-processing (e.g. heat quantisation, 9 ms per 224 px map), per map and
+    display options, shared by sessions (64 MB): an opacity or colormap change does not quantise them again."""
+    return ByteLRU(64 * 2**20)
+
+
+def shown_map(method: str, res, method_opts: dict[str, Any]):
+    spec = METHODS[method]
+    _, display = spec.split_options(spec.resolve_options(method_opts))
+    key = (signature(method), json.dumps(display, sort_keys=True, default=str))
+    return _shown_maps().get_or_compute(key, lambda: spec.display_map(res.attribution, method_opts))
+
+
 def tile_key(tile: str) -> str:
     """The tile container's key ("st-key-tile-<id>" in the page): what the browser test waits on."""
     return "tile-" + re.sub(r"[^a-z0-9]", "-", tile.lower())
@@ -126,7 +140,7 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
     """One finished map: its view (the tile's own choice, else the page's), colour bar with units, buttons.
     Returns the tile's own view (None: it follows the page's), for the report."""
     spec = METHODS[tile]
-    shown = spec.display_map(res.attribution, method_opts)
+    shown = shown_map(tile, res, method_opts)
     signed = spec.shown_signed(method_opts)  # absLRP's positive part (its default) is drawn as unsigned
     cmap = div_cmap if signed else seq_cmap
     auto = render.default_view(spec.family, signed, res.native_resolution, tuple(shown.shape))

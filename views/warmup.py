@@ -106,13 +106,12 @@ def default_view(methods: tuple[str, ...] | None = None, wait_for_runtime: bool 
     step("model")
     key = next(iter(GALLERY))
     data, name = GALLERY[key].png_bytes(), f"{key}.png"
-    image = common.decode(data, name)
-    x = bundle.preprocess(image)
+    model_key = f"{bundle.fingerprint}|{device}"
+    _, x, _ = common.prepared_input(data, name, image_hash(data), bundle, model_key)  # the sidebar's own cache
     target = bundle.topk(x, 5)[0][0]
     step("image")
     supported = {m.id for m in explainers.methods_for(bundle)}
     step("analysis")
-    model_key = f"{bundle.fingerprint}|{device}"
     chosen = [m for m in methods or common.DEFAULT_METHODS if m in supported]
     computes = {}
     for method in chosen:
