@@ -65,7 +65,7 @@ def test_display_controls_neither_decode_preprocess_nor_quantise_again(monkeypat
     at.slider(key="compare_opacity").set_value(0.8).run()
     at.selectbox(key="compare_cmap").set_value("viridis").run()
     assert not at.exception and calls == []
-    at.slider(key="compare_methods:resnet-lrp:bins").set_value(4).run()  # a display option of its own: quantised once more
+    at.slider(key="compare_methods:resnet-lrp:bins").set_value(4).run()  # its own display option: quantised again
     assert not at.exception and calls == ["heat_quantize"]
 
 
