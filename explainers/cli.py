@@ -125,7 +125,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if bar:
         bar.close()
     if args.out:
-        rgb = render.overlay(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).byte().numpy(),
+        rgb = render.overlay(bundle.display_image(image),
                              get_method(res.method).display_map(res.attribution, res.options),  # e.g. HQ bins
                              opacity=args.opacity,
                              signed=get_method(res.method).shown_signed(res.options))

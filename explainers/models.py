@@ -98,6 +98,13 @@ class Preprocessing:
                    p.get("interpolation", "bilinear"))
 
 
+def _as_picture(t: torch.Tensor) -> Image.Image:
+    """3xHxW in [0, 1] -> an 8-bit RGB PIL image (rounded, as every page and the report draw it)."""
+    from PIL import Image as PILImage  # (this module imports PIL and torch lazily: the CLI starts without them)
+
+    return PILImage.fromarray(t.permute(1, 2, 0).mul(255).round().byte().numpy())
+
+
 @dataclass
 class ModelBundle:
     """A ready model plus everything needed to feed it and to name its outputs."""
@@ -140,7 +147,19 @@ class ModelBundle:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB image -> normalised 1x3xHxW tensor on the bundle's device."""
-        return self.to_tensor01(image).sub(self._mean()).div(self._std()).unsqueeze(0).to(self.device)
+        return self._normalise(self.to_tensor01(image))
+
+    def prepare(self, image: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+        """(:meth:`preprocess`, :meth:`display_image`) from one resize and crop: what a page needs of an input."""
+        t = self.to_tensor01(image)
+        return self._normalise(t), _as_picture(t)
+
+    def display_image(self, image: Image.Image) -> Image.Image:
+        """The resized and cropped input as an 8-bit RGB picture: what the maps are drawn over."""
+        return _as_picture(self.to_tensor01(image))
+
+    def _normalise(self, t: torch.Tensor) -> torch.Tensor:
+        return t.sub(self._mean()).div(self._std()).unsqueeze(0).to(self.device)
 
     def to_tensor01(self, image: Image.Image) -> torch.Tensor:
         """Resize + crop, no normalisation: 3xHxW in [0, 1] on the CPU (what the user sees)."""

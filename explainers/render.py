@@ -223,6 +223,14 @@ def colorbar_labels(m: float, signed: bool, what: str, clip: float = 100.0) -> s
     return f"{ends} {what} (limit = {source} of {of}; beyond it: end colour)"
 
 
+def colour_scale(shown, signed: bool, what: str, cmap: str | None = None,
+                 clip: float = 100.0) -> tuple[np.ndarray, str]:
+    """The colour bar drawn under a map and its one-line labels (:func:`colorbar`, :func:`colorbar_labels`), for
+    the values ``shown`` drawn with ``cmap`` (default: the first diverging or sequential map) clipped at ``clip``."""
+    cmap = cmap or (DIVERGING[0] if signed else SEQUENTIAL[0])
+    return colorbar(cmap, signed=signed), colorbar_labels(limit(shown, signed, clip), signed, what, clip)
+
+
 def enlarge(rgb: np.ndarray, at_least: int = 672) -> np.ndarray:
     """Nearest-neighbour upscale by a whole factor, so single pixels stay sharp when shown large."""
     factor = max(1, -(-at_least // max(rgb.shape[1], 1)))

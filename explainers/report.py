@@ -10,6 +10,7 @@ of the libraries that computed it, and the command line that recomputes it.  Ren
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import platform
@@ -61,10 +62,17 @@ def project_version(installed: str = "not installed") -> str:
         toml = ROOT / "pyproject.toml"
         found = re.search(r'^version\s*=\s*"([^"]+)"', toml.read_text(), re.M) if toml.is_file() else None
         version = f"{found.group(1)} (checkout)" if found else "checkout"
-    commit = _git("rev-parse", "--short=12", "HEAD")
+    commit, changed = _checkout_state()
     if commit:
-        version += f", commit {commit}" + (" with local changes" if _git("status", "--porcelain", "-uno") else "")
+        version += f", commit {commit}" + (" with local changes" if changed else "")
     return version
+
+
+@functools.cache
+def _checkout_state() -> tuple[str, bool]:
+    """(commit, whether tracked files differ from it), read once per process: the code a server runs is the
+    code it imported at its start, whatever the checkout holds later."""
+    return _git("rev-parse", "--short=12", "HEAD"), bool(_git("status", "--porcelain", "-uno"))
 
 
 def _git(*args: str) -> str:
@@ -93,8 +101,8 @@ class ReportMap:
     signed: bool
     native_resolution: tuple[int, int] | None
     rgb: np.ndarray  # HxWx3 uint8, the map as drawn
-    colorbar: np.ndarray | None = None  # the colour scale's strip (render.colorbar), as under a Compare tile
-    scale: str = ""  # its labels: the ends, the unit and where the limit comes from (render.colorbar_labels)
+    colorbar: np.ndarray  # the colour scale's strip (render.colorbar), as under a Compare tile
+    scale: str  # its labels: the ends, the unit and where the limit comes from (render.colorbar_labels)
 
 
 @dataclass
@@ -128,47 +136,33 @@ def report_filename(image_hash: str, model: str, ext: str) -> str:
     return f"{safe[:120]}.{ext}"
 
 
-def display_image(bundle: ModelBundle, image: Image.Image) -> Image.Image:
-    """The input as the model sees it, exactly as the app's sidebar makes ``ctx.display``."""
-    return Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
+@dataclass
+class DrawnMap:
+    """A map drawn as Compare draws it, with the colour bar and scale labels under its tile."""
+
+    rgb: np.ndarray
+    colorbar: np.ndarray
+    scale: str
+    signed: bool  # drawn as a signed map (absLRP's default display, its positive part, is not)
 
 
 def draw_map(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None,
              opacity: float = 0.5, clip: float = 99.5, cmap: str | None = None,
-             signed_cmap: str | None = None, view: str = "auto") -> np.ndarray:
+             signed_cmap: str | None = None, view: str = "auto") -> DrawnMap:
     """The map as the Compare page draws it: the method's display post-processing (e.g. heat quantisation with
     ``bins``), then the page's view (``auto``: heatmap alone for pixel-level maps, over the input for CAMs and
-    coarse maps; diverging colormap for signed maps)."""
+    coarse maps; diverging colormap for signed maps), and its colour scale: without it a reader of the report
+    could not tell a strong map from a faint one (every map spans the whole colormap)."""
     spec = METHODS[explanation.method]
-    shown = shown_map(explanation, display, options)
-    signed = shown_signed(explanation, options)
+    opts = {**explanation.options, **(options or {})}
+    shown = render.upsample(spec.display_map(explanation.attribution, opts), (display.height, display.width))
+    signed = spec.shown_signed(opts)
+    cmap = (signed_cmap or render.DIVERGING[0]) if signed else (cmap or render.SEQUENTIAL[0])
     kind = (render.default_view(spec.family, signed, explanation.native_resolution, tuple(shown.shape))
             if view == "auto" else view)
-    return render.view(kind, display, shown, signed=signed, opacity=opacity, clip=clip,
-                       cmap=signed_cmap if signed else cmap)
-
-
-def shown_map(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None):
-    """The values a map is drawn from: the method's display post-processing, at the input's size."""
-    spec = METHODS[explanation.method]
-    shown = spec.display_map(explanation.attribution, {**explanation.options, **(options or {})})
-    return render.upsample(shown, (display.height, display.width))  # a no-op for maps at input size
-
-
-def shown_signed(explanation: Explanation, options: dict[str, Any] | None = None) -> bool:
-    """Whether the map as shown is drawn signed (absLRP's default display is its positive part)."""
-    return METHODS[explanation.method].shown_signed({**explanation.options, **(options or {})})
-
-
-def map_scale(explanation: Explanation, display: Image.Image, options: dict[str, Any] | None = None,
-              clip: float = 99.5, cmap: str | None = None, signed_cmap: str | None = None) -> tuple[np.ndarray, str]:
-    """A map's colour bar and its labels, as Compare shows them under the tile: without them a reader of the
-    report cannot tell a strong map from a faint one (every map spans the whole colormap)."""
-    signed = shown_signed(explanation, options)
-    chosen = (signed_cmap or render.DIVERGING[0]) if signed else (cmap or render.SEQUENTIAL[0])
-    limit = render.limit(shown_map(explanation, display, options), signed, clip)
-    return (render.colorbar(chosen, signed=signed),
-            render.colorbar_labels(limit, signed, render.unit(METHODS[explanation.method].family), clip))
+    bar, scale = render.colour_scale(shown, signed, render.unit(spec.family), cmap, clip)
+    return DrawnMap(render.view(kind, display, shown, signed=signed, opacity=opacity, clip=clip, cmap=cmap),
+                    bar, scale, signed)
 
 
 def _methods_arg(maps: list[ReportMap]) -> str:
@@ -188,18 +182,17 @@ def build_report(bundle: ModelBundle, image: Image.Image, explanations: list[Exp
     records the compute options it ran with).  ``view``: the page's view; ``views``: method -> a map's own view
     (a Compare tile's override), where it has one.  ``weights``: what ``--weights`` reproduces the model ('default',
     'untrained' or a file); guessed from the bundle when not given."""
-    display = display_image(bundle, image)
+    display = bundle.display_image(image)  # exactly as the app's sidebar makes ``ctx.display``
     maps = []
     for e in explanations:
         spec = METHODS[e.method]
         used = spec.resolve_options({**e.options, **(options or {}).get(e.method, {})})
-        bar, scale = map_scale(e, display, used, clip, cmap, signed_cmap)
+        drawn = draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view)
         maps.append(ReportMap(
             method=e.method, name=spec.name, options=used, seconds=float(e.seconds), target=int(e.target),
-            target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=shown_signed(e, used),
+            target_name=bundle.class_names[int(e.target)], score=float(e.score), signed=drawn.signed,
             native_resolution=tuple(e.native_resolution) if e.native_resolution else None,
-            rgb=draw_map(e, display, used, opacity, clip, cmap, signed_cmap, (views or {}).get(e.method) or view),
-            colorbar=bar, scale=scale))
+            rgb=drawn.rgb, colorbar=drawn.colorbar, scale=drawn.scale))
     own = [f"{METHODS[e.method].name}: {(views or {})[e.method]}" for e in explanations if (views or {}).get(e.method)]
     p = bundle.prep
     model = {
@@ -265,11 +258,10 @@ def _rows(items) -> str:
 def _figure(m: ReportMap) -> str:
     """One map: the picture, its colour bar and scale (as under a Compare tile), what made it."""
     e = html.escape
-    bar = (f'<img class="bar" alt="colour scale of {e(m.name)}" src="{_data_uri(m.colorbar)}">'
-           if m.colorbar is not None else "")
-    scale = f"<span class='scale'>{e(m.scale)}</span><br>" if m.scale else ""
     return (f'<figure class="map" data-method="{e(m.method)}"><img alt="{e(m.name)}" src="{_data_uri(m.rgb)}">'
-            f"{bar}<figcaption>{scale}<b>{e(m.name)}</b> ({e(m.method)})<br>target {m.target} "
+            f'<img class="bar" alt="colour scale of {e(m.name)}" src="{_data_uri(m.colorbar)}">'
+            f"<figcaption><span class='scale'>{e(m.scale)}</span><br><b>{e(m.name)}</b> ({e(m.method)})<br>"
+            f"target {m.target} "
             f"{e(m.target_name)} (p = {m.score:.4f})<br>{m.seconds:.3f} s, native {_native(m)}"
             f"{', signed' if m.signed else ''}<br>options: {e(options_text(m.options))}</figcaption></figure>")
 
@@ -339,11 +331,10 @@ def pdf_figures(r: Report) -> list:
             ax.imshow(m.rgb, interpolation="none")  # vector output: the map embedded pixel for pixel
             caption = (f"{m.name} ({m.method})\ntarget {m.target} {m.target_name} (p={m.score:.4f})\n"
                        f"{m.seconds:.3f} s, native {_native(m)}\n" + _wrap(f"options: {options_text(m.options)}", 60)
-                       + ("\n" + _wrap(f"scale: {m.scale}", 60) if m.scale else ""))
-            if m.colorbar is not None:  # the colour bar under the map, as on Compare
-                bar = ax.inset_axes((0.0, -0.06, 1.0, 0.03))
-                bar.imshow(m.colorbar, aspect="auto", interpolation="none")
-                bar.set_axis_off()
+                       + "\n" + _wrap(f"scale: {m.scale}", 60))
+            bar = ax.inset_axes((0.0, -0.06, 1.0, 0.03))  # the colour bar under the map, as on Compare
+            bar.imshow(m.colorbar, aspect="auto", interpolation="none")
+            bar.set_axis_off()
             ax.set_title(caption, fontsize=6.5, loc="left")
         fig.subplots_adjust(hspace=0.75, top=0.89, bottom=0.05)  # room for 8-line captions and the bars
         figures.append(fig)

@@ -88,9 +88,7 @@ def prepared_input(data: bytes, name: str, ihash: str, bundle: explainers.ModelB
     Read-only: no method changes its input in place.  A file that fails to decode is not kept."""
     def make() -> tuple[Image.Image, torch.Tensor, Image.Image]:
         image = load_image(data, name=name)
-        x = bundle.preprocess(image)
-        shown = Image.fromarray(bundle.to_tensor01(image).permute(1, 2, 0).mul(255).round().byte().numpy())
-        return image, x, shown
+        return (image, *bundle.prepare(image))
 
     return _prepared_inputs().get_or_compute((ihash, model_key, repr(bundle.prep)), make)
 
@@ -217,7 +215,7 @@ def show_error(exc: Exception) -> None:
 def _fail(exc: Exception) -> None:
     """Show a sidebar problem in the sidebar and remember that there was one (the page's main area says where)."""
     show_error(exc)
-    st.session_state["ctx_problem"] = public(str(exc))
+    st.session_state["ctx_problem"] = True
     return None
 
 
@@ -267,7 +265,7 @@ def sidebar() -> Context | None:
 
 def _sidebar() -> Context | None:
     st.session_state["ctx"] = None
-    st.session_state["ctx_problem"] = None
+    st.session_state["ctx_problem"] = False
     with st.sidebar:
         st.header("Relevance Explorer")
         devices = available_devices()
@@ -434,8 +432,7 @@ def require_context() -> Context:
     st.session_state["sidebar_page"] = sys._getframe(1).f_globals.get("__file__", "")
     ctx = sidebar()
     if ctx is None:
-        problem = st.session_state.get("ctx_problem")
-        if problem:  # the message itself is in the sidebar, beside the choice it is about: said once
+        if st.session_state.get("ctx_problem"):  # the message itself is in the sidebar, beside the choice it is about: said once
             st.warning("Nothing to show yet: a choice in the sidebar could not be used (the message is there). "
                        "The rest of the app still works: pick another file, a gallery image or another model.",
                        icon=":material/arrow_back:")

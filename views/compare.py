@@ -150,8 +150,7 @@ def draw_map(tile: str, res, method_opts: dict[str, Any]) -> str | None:
                                     f"None chosen: the page's view ({view}; auto = {auto})")
     kind = own or (auto if view == "auto" else view)
     rgb = render.view(kind, ctx.display, shown, signed=signed, cmap=cmap, clip=clip, opacity=opacity)
-    bar = render.colorbar(cmap, signed=signed)
-    labels = render.colorbar_labels(render.limit(shown, signed, clip), signed, render.unit(spec.family), clip)
+    bar, labels = render.colour_scale(shown, signed, render.unit(spec.family), cmap, clip)
     # maps alone exact (PNG), overlays as JPEG (mostly a photo); both encoded once per distinct picture
     exact = kind != "overlay"  # (output_format: "auto" would turn the PNG bytes into a JPEG)
     st.image(encoded(rgb, exact), caption=spec.name, width="stretch", output_format="PNG" if exact else "JPEG")

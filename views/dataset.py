@@ -86,11 +86,11 @@ images = dict(dataset.read([s for s in samples if s.name in {r.name for r in rec
 
 
 def _pixels(name: str):
-    return bundle.to_tensor01(load_image(images[name], name=name)).permute(1, 2, 0).mul(255).round().byte().numpy()
+    return bundle.display_image(load_image(images[name], name=name))
 
 
 def _tile(col, rec: dv.Record, where: str) -> None:
-    col.image(render.overlay(_pixels(rec.name), rec.map, 0.5, signed=spec.signed), width="stretch",
+    col.image(render.overlay(_pixels(rec.name), rec.map, 0.5, signed=spec.shown_signed(options)), width="stretch",
               caption=f"{rec.name} · ID " + ("n/a" if rec.values.get("id") is None else f"{rec.values['id']:.3f}")
               + ("" if rec.correct is None else (" · right" if rec.correct else " · WRONG")))
     a, b = col.columns(2)

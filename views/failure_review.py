@@ -182,7 +182,7 @@ pick = st.selectbox("Inspect", range(len(items)), key="fr_pick", format_func=lam
 item = items[pick]
 raw_images = dict((common.image_hash(d), (n, d)) for n, d in images)
 name, data = raw_images[item.image_hash]
-shown = bundle.to_tensor01(load_image(data, name=name)).permute(1, 2, 0).mul(255).round().byte().numpy()
+shown = bundle.display_image(load_image(data, name=name))
 spec = METHODS[method]
 col_a, col_b, col_c = st.columns([1, 1, 2])
 truth_note = f" · true {item.true_label} ({'right' if item.correct else 'wrong'})" if item.true_label else ""

@@ -145,9 +145,9 @@ for col, key in zip(cols, ("low", "high", "input")):
     kind = render.default_view("srd", signed, tuple(arr.shape), (ctx.display.height, ctx.display.width))
     col.image(_overlay(arr, opacity, kind, signed), width="stretch",
               caption=f"SRD-{key}: {name} ({arr.shape[0]}x{arr.shape[1]}, {kind})")
-    col.image(render.colorbar(render.DIVERGING[0] if signed else render.SEQUENTIAL[0], signed=signed),
-              width="stretch", output_format="PNG")
-    col.caption(render.colorbar_labels(render.limit(arr, signed, 99.5), signed, "relevance", 99.5))  # as _clip
+    bar, labels = render.colour_scale(arr, signed, "relevance", clip=99.5)  # 99.5: the percentile _clip uses
+    col.image(bar, width="stretch", output_format="PNG")
+    col.caption(labels)
 
 # --------------------------------------------------------------------------- 2. pick a PFV
 
