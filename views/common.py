@@ -432,7 +432,7 @@ def require_context() -> Context:
     st.session_state["sidebar_page"] = sys._getframe(1).f_globals.get("__file__", "")
     ctx = sidebar()
     if ctx is None:
-        if st.session_state.get("ctx_problem"):  # the message itself is in the sidebar, beside the choice it is about: said once
+        if st.session_state.get("ctx_problem"):  # its message is in the sidebar, beside the choice: said once
             st.warning("Nothing to show yet: a choice in the sidebar could not be used (the message is there). "
                        "The rest of the app still works: pick another file, a gallery image or another model.",
                        icon=":material/arrow_back:")
